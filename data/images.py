@@ -1,0 +1,98 @@
+"""Image files in and out.
+
+Everything the framework reads goes through :func:`read_image`, which returns one convention:
+``uint8`` array, ``(H, W, 3)``, RGB. Grayscale becomes three equal channels, an alpha channel
+is dropped (the colour channels of a straight-alpha PNG are the image), 16-bit images are
+scaled to 8 bits with rounding.
+"""
+from pathlib import Path
+from typing import List, Union
+
+import cv2
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+PathLike = Union[str, Path]
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and what to do."""
+
+
+def list_images(folder: PathLike) -> List[Path]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Raises ImageError when the folder is missing or holds no images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"image folder {folder} does not exist; check the path")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImageError(
+            f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); check the path")
+    return files
+
+
+def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """Any decoded image (H,W), (H,W,1), (H,W,3) BGR-free RGB or (H,W,4) RGBA, uint8 or uint16
+    -> uint8 (H,W,3) RGB."""
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float64) / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"{source}: unsupported pixel type {image.dtype}; use 8- or 16-bit images")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{source}: unsupported image shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as ``uint8`` (H, W, 3) RGB. Raises ImageError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is not None and image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image is not None and image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    elif image is None and data.size:
+        image = _read_with_imageio(path)  # formats OpenCV lacks, e.g. GIF
+    if image is None:
+        raise ImageError(f"cannot decode image {path}: the file is empty, corrupt or not an image")
+    return to_rgb_uint8(image, str(path))
+
+
+def _read_with_imageio(path: Path):
+    """First frame as an RGB(A)/gray array, or None when imageio cannot decode it either."""
+    import imageio.v3 as iio
+    try:
+        image = iio.imread(path, index=0)
+    except Exception:  # imageio raises plugin-specific types for undecodable files
+        return None
+    return image
+
+
+def write_png(path: PathLike, image: np.ndarray) -> None:
+    """Write ``uint8`` (H, W, 3) RGB as PNG, creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise ImageError(f"cannot write {path}")
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``uint8`` (H, W, 3) -> float32 (3, H, W) in 0..255."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """(3, H, W) or (1, 3, H, W) tensor in 0..255 -> ``uint8`` (H, W, 3), clamped and rounded."""
+    tensor = tensor.detach().reshape(-1, *tensor.shape[-2:]).clamp(0, 255).round()
+    return tensor.byte().permute(1, 2, 0).cpu().numpy()
