@@ -1,0 +1,204 @@
+"""Run folders, logging, timing, image-quality metrics and plots.
+
+Metric convention (CDSR's and DASR's test loops, stated once): both images are quantised
+(clamped to 0..255 and rounded), converted to BT.601 luma ``Y = 16 + (65.481 R + 128.553 G +
+24.966 B) / 255`` in float64, ``crop_border`` pixels are shaved from every side (the papers use
+``crop_border = scale``), then PSNR is ``20 log10(255 / RMSE)`` and SSIM is the MATLAB-style
+Gaussian SSIM (11x11 window, sigma 1.5, valid region, C1 = (0.01*255)^2, C2 = (0.03*255)^2).
+"""
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+
+Image = Union[torch.Tensor, np.ndarray]
+LOGGER_NAME = "cdsr"
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+def setup_logging(log_file: Union[str, Path, None] = None) -> logging.Logger:
+    """Log INFO to stderr and, when given, append to ``log_file``."""
+    logger = get_logger()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler()]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+class Timer:
+    """Wall-clock stopwatch: ``elapsed()`` seconds since construction or the last ``reset()``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def write_json(path: Union[str, Path], data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def select_device(cpu: bool) -> torch.device:
+    """CUDA when available and not ``cpu``; chosen once per run."""
+    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+
+
+def prepare_run_dir(root: Union[str, Path], name: str, resume: bool) -> Path:
+    """``root/name``, created. Starting afresh where a run already exists moves the old folder
+    aside to ``name.<timestamp>`` instead of overwriting anything."""
+    run_dir = Path(root) / name
+    if run_dir.exists() and not resume and any(run_dir.iterdir()):
+        archived = run_dir.with_name(f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(archived)
+        get_logger().info(f"moved the earlier run {run_dir} to {archived}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_cli(main: Callable[[], None]) -> int:
+    """Run an entry point; bad input ends with one ``error: ...`` line and exit status 2.
+
+    ``CDSR_DEBUG=1`` shows the full traceback instead.
+    """
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch is saved (continue with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as error:
+        if os.environ.get("CDSR_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _as_hwc(image: Image) -> np.ndarray:
+    """(3,H,W) / (1,3,H,W) tensor or (H,W,3) array in 0..255 -> quantised float64 (H,W,3)."""
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 4:
+            if image.shape[0] != 1:
+                raise ValueError(f"metrics take one image at a time, got a batch of {image.shape[0]}")
+            image = image[0]
+        image = image.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"metrics expect RGB images, got shape {image.shape}")
+    return np.round(np.clip(image, 0, 255))
+
+
+def rgb_to_y(image: np.ndarray) -> np.ndarray:
+    """(H,W,3) RGB in 0..255 -> (H,W) BT.601 luma in 16..235, float64."""
+    return 16.0 + image @ np.array([65.481, 128.553, 24.966]) / 255.0
+
+
+def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool):
+    sr, hr = _as_hwc(sr), _as_hwc(hr)
+    if sr.shape != hr.shape:
+        raise ValueError(f"SR {sr.shape} and HR {hr.shape} differ in size")
+    if y_channel:
+        sr, hr = rgb_to_y(sr), rgb_to_y(hr)
+    if crop_border > 0:
+        sr = sr[crop_border:-crop_border, crop_border:-crop_border]
+        hr = hr[crop_border:-crop_border, crop_border:-crop_border]
+    if sr.size == 0:
+        raise ValueError(f"crop_border={crop_border} leaves nothing of a {hr.shape} image")
+    return sr, hr
+
+
+def psnr(sr: Image, hr: Image, *, crop_border: int, y_channel: bool = True,
+         data_range: float = 255.0) -> float:
+    """PSNR in dB (module docstring convention). Identical images give ``inf``."""
+    sr, hr = _prepare(sr, hr, crop_border, y_channel)
+    mse = np.mean((sr - hr) ** 2)
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+
+
+def _gaussian_window() -> np.ndarray:
+    kernel = cv2.getGaussianKernel(11, 1.5)
+    return kernel @ kernel.T
+
+
+def _ssim_single(a: np.ndarray, b: np.ndarray) -> float:
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    window = _gaussian_window()
+
+    def filt(x: np.ndarray) -> np.ndarray:
+        return cv2.filter2D(x, -1, window)[5:-5, 5:-5]
+
+    mu_a, mu_b = filt(a), filt(b)
+    var_a = filt(a * a) - mu_a ** 2
+    var_b = filt(b * b) - mu_b ** 2
+    cov = filt(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.mean())
+
+
+def ssim(sr: Image, hr: Image, *, crop_border: int, y_channel: bool = True) -> float:
+    """MATLAB-style SSIM (module docstring convention); per-channel mean when not on Y."""
+    sr, hr = _prepare(sr, hr, crop_border, y_channel)
+    if min(sr.shape[:2]) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {sr.shape[:2]}")
+    if y_channel:
+        return _ssim_single(sr, hr)
+    return float(np.mean([_ssim_single(sr[..., c], hr[..., c]) for c in range(3)]))
+
+
+def mean_finite(values: Iterable[float]) -> float:
+    """Mean of a list of scores; ``inf`` entries (identical images) are kept as ``inf``."""
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- plots
+
+def plot_curves(path: Union[str, Path], x: Sequence[float], curves: Dict[str, Sequence[float]],
+                *, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Line plot of several named curves over a shared x axis, saved as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, y in curves.items():
+        ax.plot(list(x)[:len(y)], list(y), marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
