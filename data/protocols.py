@@ -1,0 +1,404 @@
+"""Published blind-SR test protocols as data, and the test-set folders made from them.
+
+Protocols (``protocol_settings(name, scale)`` lists their settings):
+
+* ``cdsr`` -- CDSR Table 2, which uses MANet's test sets (``codes/prepare_testset.py``): 9
+  anisotropic kernels per image, ``for sig1 in [1, 1+s, 1+2s]: for sig2 in range(1, 1+sig1, s):
+  for theta in [0, pi/4]`` (skipping theta > 0 when sig1 == sig2); sig1/sig2 are variances. MANet
+  convention (top-left (21-s+1) grid, replication padding, decimation) computed on [0,1] float32
+  HR and quantised ``round(x*255)``. x2/x3/x4 noise 0, x4 also noise 15. Files
+  ``{image}_{sig1:.1f}_{sig2:.1f}_{theta:.1f}.png``. Noise-free sets equal MANet's pixel for pixel;
+  noisy ones use this project's own seeded noise, because MANet draws ``numpy.random.normal`` from
+  one global sequence whose state depends on its loop order. Spatially variant modes 1-6
+  (``data/spatially_variant.py``; the paper uses 1-5 on B100) go to ``HR_sv``/``LR_mode<k>_noise0``.
+* ``dasr-iso`` -- DASR Table 2: isotropic std-devs x2 {0, .6, 1.2, 1.8}, x3 {0, .8, 1.6, 2.4},
+  x4 {0, 1.2, 2.4, 3.6}, noise 0, DASR convention (reflect padding, bicubic with DASR's clamped
+  borders, noise before rounding).
+* ``dasr-aniso`` -- DASR Table 3 (x4): nine (lambda_1, lambda_2 std-devs, theta degrees)
+  kernels, noise 0, 5 and 10, DASR convention.
+* ``gaussian8`` -- IKC/DAN/DCLS/KDSR: 8 isotropic widths evenly spaced in [0.80, 1.60] (x2),
+  [1.35, 2.40] (x3), [1.80, 3.20] (x4), noise 0. Convention ``ikc``: a centred 21x21 kernel with
+  reflection padding (IKC's ``isotropic_gaussian_kernel`` and ``BatchBlur``, the same kernel as
+  DASR's) then MATLAB bicubic with MATLAB's own mirrored borders (IKC/DAN generate these sets with
+  MATLAB-exact ``imresize``; DASR's clamped variant would change the border rows by a few grey
+  levels).
+
+A test set ``OUT/<protocol>/<name>_x<s>/`` holds ``HR_si/{image}.png`` (HR cropped to a multiple
+of s), ``LR_mode0_noise<n>/{image}_{suffix}.png``, for spatially variant modes ``HR_sv/`` and
+``LR_mode<k>_noise<n>/{image}.png``, and ``manifest.json``. Noise is seeded from (seed, image name,
+setting label), so every LR image is reproducible whatever the order or subset.
+"""
+import hashlib
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.benchmark import modcrop
+from data.degradation import FixedDegradation, add_noise, blur, make_fixed_degradation, quantize
+from data.images import IMAGE_SUFFIXES, list_images, read_image, to_image, to_tensor, write_png
+from data.kernels import dasr_isotropic_kernel
+from data.resize import bicubic_downsample, decimate
+from data.spatially_variant import SV_MODES, spatially_variant_blur, sv_kernels
+
+__all__ = ["PROTOCOLS", "Setting", "ProtocolPair", "protocol_settings", "modcrop", "find_hr_dir",
+           "write_testset", "read_testset", "fixed_degradation"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("cdsr", "dasr-iso", "dasr-aniso", "gaussian8")
+SCALES = {"cdsr": (2, 3, 4), "dasr-iso": (2, 3, 4), "dasr-aniso": (4,), "gaussian8": (2, 3, 4)}
+NOISE = {"cdsr": {2: (0.0,), 3: (0.0,), 4: (0.0, 15.0)}, "dasr-iso": {s: (0.0,) for s in (2, 3, 4)},
+         "dasr-aniso": {4: (0.0, 5.0, 10.0)}, "gaussian8": {s: (0.0,) for s in (2, 3, 4)}}
+DASR_ISO_SIGMAS = {2: (0.0, 0.6, 1.2, 1.8), 3: (0.0, 0.8, 1.6, 2.4), 4: (0.0, 1.2, 2.4, 3.6)}
+DASR_ANISO_KERNELS = ((2.0, 0.2, 0.0), (2.0, 1.0, 10.0), (3.5, 1.5, 30.0), (3.5, 2.0, 45.0), (3.5, 2.0, 90.0),
+                      (4.0, 1.5, 120.0), (4.0, 2.0, 135.0), (4.0, 3.0, 165.0), (4.0, 4.0, 180.0))
+GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
+KERNEL_SIZE = 21
+MANIFEST = "manifest.json"
+FORMAT = "cdsr-framework-testset/1"
+NOTES = {
+    "cdsr": "MANet/CDSR convention on [0,1] float32 HR, quantised round(x*255); sig1/sig2 are "
+            "variances, theta radians (file names print it with one decimal, pi/4 -> 0.8). Noise-free "
+            "sets reproduce MANet's prepare_testset.py pixel for pixel. MANet's noisy sets draw "
+            "numpy.random.normal from one global RNG sequence (seed 0) whose state depends on its loop "
+            "order, so they cannot be reproduced: noise here is this project's own, N(0,1)*noise/255 "
+            "in [0,1], seeded from (seed, image, setting), then clipped to [0,1].",
+    "dasr-iso": "DASR convention: centred 21x21 kernel (std-dev), reflect padding, MATLAB bicubic with "
+                "DASR's clamped borders, noise N(0,1)*noise added in 0..255 before round and clamp.",
+    "dasr-aniso": "DASR convention: lambda_1/lambda_2 std-devs, theta degrees, centred 21x21 kernel, "
+                  "reflect padding, MATLAB bicubic with DASR's clamped borders, noise N(0,1)*noise added in "
+                  "0..255 before round and clamp, seeded from (seed, image, setting).",
+    "gaussian8": "IKC convention: centred 21x21 isotropic kernel (std-dev), reflect padding, MATLAB "
+                 "bicubic with MATLAB's mirrored borders, round and clamp.",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One degradation of a protocol (one table column).
+
+    label: short unique name for table rows; params: JSON-serialisable description (the field
+    names of ``../shared/golden/degradation_index.json``); folder: LR folder inside a test set;
+    suffix: LR file name is ``{image}_{suffix}.png`` (``{image}.png`` when empty)."""
+    protocol: str
+    label: str
+    scale: int
+    noise: float
+    params: dict = field(hash=False)
+    folder: str = "LR_mode0_noise0"
+    suffix: str = ""
+
+    @property
+    def hr_folder(self) -> str:
+        return "HR_sv" if self.params.get("sv_mode") else "HR_si"
+
+    def lr_name(self, image_name: str) -> str:
+        return f"{image_name}_{self.suffix}.png" if self.suffix else f"{image_name}.png"
+
+    def degrade(self, hr: np.ndarray, *, seed: int, image_name: str = "") -> np.ndarray:
+        """hr uint8 (H, W, 3) RGB -> lr uint8 (H//s, W//s, 3) of ``modcrop(hr, s)`` (the HR to
+        score against). Random parts use a generator seeded from (seed, image_name, label)."""
+        if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[2] != 3:
+            raise ValueError(f"hr must be uint8 (H, W, 3), got {hr.dtype} {hr.shape}")
+        generator = torch.Generator().manual_seed(_derived_seed(seed, image_name, self.label))
+        x = to_tensor(modcrop(hr, self.scale))[None]                      # (1, 3, H, W) 0..255
+        lr = _PIPELINES[self.params["convention"]](x, self.params, generator)
+        return to_image(lr)
+
+
+class ProtocolPair(NamedTuple):
+    name: str            # HR image name (file stem)
+    setting: Setting
+    lr: np.ndarray       # uint8 (h, w, 3)
+    hr: np.ndarray       # uint8 (s*h, s*w, 3)
+
+
+# ----------------------------------------------------------------------------- pipelines
+def _derived_seed(seed: int, image_name: str, label: str) -> int:
+    digest = hashlib.sha256(f"{seed}|{image_name}|{label}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+def fixed_degradation(params: dict) -> FixedDegradation:
+    """A ``FixedDegradation`` from ``params`` written with the golden index's field names
+    (convention dasr/manet, scale, blur none/iso/aniso, sigma_std, lambda_*_std, theta_deg,
+    sig*_variance, theta_rad, noise, kernel_size, downsample)."""
+    convention, blur_type = params["convention"], params.get("blur", "none")
+    sample_mode = "s-fold" if (convention == "dasr" and params.get("downsample") == "decimate") else "bicubic"
+    common = dict(noise=float(params.get("noise", 0.0)), kernel_size=int(params.get("kernel_size", KERNEL_SIZE)),
+                  sample_mode=sample_mode)
+    if blur_type in ("none", "iso"):
+        return make_fixed_degradation(convention, int(params["scale"]), "iso",
+                                      sig=float(params.get("sigma_std", 0.0)), **common)
+    if convention == "dasr":
+        return make_fixed_degradation("dasr", int(params["scale"]), "aniso", lambda_1=params["lambda_1_std"],
+                                      lambda_2=params["lambda_2_std"], theta=params["theta_deg"], **common)
+    return make_fixed_degradation("manet", int(params["scale"]), "aniso", lambda_1=params["sig1_variance"],
+                                  lambda_2=params["sig2_variance"], theta=params["theta_rad"], **common)
+
+
+def _unit_quantize(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+    """MANet's ending on a [0,1] LR: noise*N(0,1)/255, clip to [0,1], round(x*255)."""
+    if params["noise"] > 0:
+        x = add_noise(x, torch.tensor([params["noise"] / 255.0]), generator).clamp(0, 1)
+    return (x * 255.0).round()
+
+
+def _manet_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+    """hr (1,3,H,W) 0..255 -> MANet test LR (1,3,h,w) 0..255, computed on [0,1] like MANet."""
+    degradation = fixed_degradation({**params, "noise": 0.0})
+    return _unit_quantize(degradation.lr_float(hr / 255.0), params, generator)
+
+
+def _manet_sv_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+    """hr (1,3,H,W) 0..255 -> spatially variant MANet LR (1,3,h,w), 40x40-block kernels."""
+    scale = params["scale"]
+    kernel_map = sv_kernels(params["sv_mode"], hr.shape[-2], hr.shape[-1], scale, generator,
+                            size=params["kernel_size"], block=params["block"])
+    x = decimate(spatially_variant_blur(hr / 255.0, kernel_map, params["block"]), scale)
+    return _unit_quantize(x, params, generator)
+
+
+def _dasr_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+    return fixed_degradation(params)(hr, generator)
+
+
+def _ikc_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+    """Centred 21x21 iso kernel, reflect padding, MATLAB bicubic (mirror borders), noise, round."""
+    kernel = dasr_isotropic_kernel(torch.tensor([params["sigma_std"]]), params["kernel_size"])
+    x = bicubic_downsample(blur(hr, kernel, "reflect"), params["scale"], border="mirror")
+    if params["noise"] > 0:
+        x = add_noise(x, torch.tensor([params["noise"]]), generator)
+    return quantize(x)
+
+
+_PIPELINES = {"manet": _manet_pipeline, "manet-sv": _manet_sv_pipeline, "dasr": _dasr_pipeline,
+              "ikc": _ikc_pipeline}
+
+
+# ----------------------------------------------------------------------------- settings
+def _noise_tag(noise: float) -> str:
+    return f"_n{noise:g}" if noise > 0 else ""
+
+
+def _cdsr_kernels(scale: int) -> list[tuple[float, float, float]]:
+    """MANet's 9 (sig1, sig2, theta radians) test kernels for ``scale``, in its loop order."""
+    out = []
+    for sig1 in (1, 1 + scale, 1 + 2 * scale):
+        for sig2 in range(1, 1 + sig1, scale):
+            for theta in (0.0, math.pi / 4):
+                if not (theta > 0 and sig1 == sig2):
+                    out.append((float(sig1), float(sig2), theta))
+    return out
+
+
+def _base(convention: str, scale: int, noise: float, pad: str, downsample: str) -> dict:
+    return {"convention": convention, "scale": scale, "kernel_size": KERNEL_SIZE, "pad": pad,
+            "downsample": downsample, "noise": noise}
+
+
+def _settings_at(protocol: str, scale: int, noise: float) -> list[Setting]:
+    folder, tag = f"LR_mode0_noise{noise:g}", _noise_tag(noise)
+    out = []
+    if protocol == "cdsr":
+        for sig1, sig2, theta in _cdsr_kernels(scale):
+            suffix = f"{sig1:.1f}_{sig2:.1f}_{theta:.1f}"
+            params = {**_base("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
+                      "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
+            out.append(Setting(protocol, suffix + tag, scale, noise, params, folder, suffix))
+    elif protocol == "dasr-iso":
+        for sigma in DASR_ISO_SIGMAS[scale]:
+            params = {**_base("dasr", scale, noise, "reflect", "matlab_bicubic"),
+                      "blur": "iso" if sigma > 0 else "none", "sigma_std": sigma}
+            out.append(Setting(protocol, f"sig{sigma:.1f}{tag}", scale, noise, params, folder, f"sig{sigma:.1f}"))
+    elif protocol == "dasr-aniso":
+        for lambda_1, lambda_2, theta in DASR_ANISO_KERNELS:
+            suffix = f"l{lambda_1:.1f}_l{lambda_2:.1f}_t{theta:.0f}"
+            params = {**_base("dasr", scale, noise, "reflect", "matlab_bicubic"), "blur": "aniso",
+                      "lambda_1_std": lambda_1, "lambda_2_std": lambda_2, "theta_deg": theta}
+            out.append(Setting(protocol, suffix + tag, scale, noise, params, folder, suffix))
+    else:
+        for sigma in np.linspace(*GAUSSIAN8_RANGE[scale], 8):
+            sigma = round(float(sigma), 10)  # 2.0, not 2.0000000000000004
+            params = {**_base("ikc", scale, noise, "reflect", "matlab_bicubic_mirror"), "blur": "iso",
+                      "sigma_std": sigma}
+            out.append(Setting(protocol, f"sig{sigma:.2f}{tag}", scale, noise, params, folder, f"sig{sigma:.2f}"))
+    return out
+
+
+def _sv_setting(mode: int, scale: int, noise: float) -> Setting:
+    params = {**_base("manet-sv", scale, noise, "replicate", "decimate"), "blur": "aniso",
+              "sv_mode": mode, "block": 40, "domain": "unit"}
+    return Setting("cdsr", f"sv{mode}{_noise_tag(noise)}", scale, noise, params,
+                   f"LR_mode{mode}_noise{noise:g}", "")
+
+
+def _check_protocol(protocol: str, scale: int) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+    if scale not in SCALES[protocol]:
+        raise ValueError(f"protocol '{protocol}' is defined for scale {', '.join(map(str, SCALES[protocol]))}, "
+                         f"not {scale}")
+
+
+def protocol_settings(protocol: str, scale: int, noise: Optional[float] = None,
+                      sv_modes: Sequence[int] = ()) -> list[Setting]:
+    """The settings of ``protocol`` at ``scale``.
+
+    noise None: every noise level the paper reports at that scale; a number: only that level
+    (0..255 units, any value >= 0). sv_modes: spatially variant modes (cdsr only), noise 0
+    unless ``noise`` is given."""
+    _check_protocol(protocol, scale)
+    if noise is not None and noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if sv_modes and protocol != "cdsr":
+        raise ValueError(f"spatially variant modes exist only in the cdsr protocol, not '{protocol}'")
+    for mode in sv_modes:
+        if mode not in SV_MODES:
+            raise ValueError(f"unknown spatially variant mode {mode}; choose from {', '.join(map(str, SV_MODES))}")
+    levels = NOISE[protocol][scale] if noise is None else (float(noise),)
+    settings = [s for level in levels for s in _settings_at(protocol, scale, level)]
+    sv_noise = 0.0 if noise is None else float(noise)
+    return settings + [_sv_setting(mode, scale, sv_noise) for mode in sv_modes]
+
+
+# ----------------------------------------------------------------------------- folders
+def find_hr_dir(root: Path, dataset: str, scale: int) -> Path:
+    """HR folder of ``dataset``: ROOT/D/x<S>/, else ROOT/D/HR/, else ROOT/D/ (the first that
+    holds images). Raises FileNotFoundError naming every folder tried."""
+    tried = [Path(root) / dataset / f"x{scale}", Path(root) / dataset / "HR", Path(root) / dataset]
+    for folder in tried:
+        if folder.is_dir() and any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            return folder
+    raise FileNotFoundError(f"no HR images for dataset '{dataset}' at x{scale}: tried "
+                            + ", ".join(str(t) for t in tried))
+
+
+def _setting_record(setting: Setting) -> dict:
+    return {"label": setting.label, "file_suffix": setting.suffix, "noise": setting.noise, "params": setting.params}
+
+
+def _read_manifest(set_dir: Path) -> Optional[dict]:
+    path = set_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete the folder and regenerate it") from error
+
+
+def write_testset(protocol: str, hr_dir: Path, name: str, scale: int, out_root: Path,
+                  noise: Optional[float] = None, seed: int = 0,
+                  sv_modes: Optional[Sequence[int]] = None) -> Path:
+    """Write the LR images of ``protocol`` for every HR image in ``hr_dir``.
+
+    -> the set folder ``out_root/<protocol>/<name>_x<scale>/`` (see module docstring). sv_modes
+    None means (1, 2, 3, 4, 5) for ``cdsr`` on a set named B100 and none otherwise. A second call
+    for other noise levels adds its LR folders to the same manifest; the HR source must match.
+    """
+    if sv_modes is None:
+        sv_modes = (1, 2, 3, 4, 5) if (protocol == "cdsr" and name == "B100") else ()
+    settings = protocol_settings(protocol, scale, noise, sv_modes)
+    files = list_images(hr_dir)
+    set_dir = Path(out_root) / protocol / f"{name}_x{scale}"
+    manifest = _read_manifest(set_dir)
+    source = str(Path(hr_dir).resolve())
+    if manifest is not None and (manifest.get("hr_source") != source or manifest.get("protocol") != protocol):
+        raise ValueError(f"{set_dir} was made from {manifest.get('hr_source')} with protocol "
+                         f"{manifest.get('protocol')}; choose another output folder or delete it")
+    originals = [read_image(path) for path in files]       # every image readable before writing any
+    images = []
+    for path, original in tqdm(list(zip(files, originals)), desc=f"{protocol} {name} x{scale}", leave=False):
+        hr = modcrop(original, scale)
+        images.append({"name": path.stem, "file": path.name, "source_size": list(original.shape[:2]),
+                       "size": list(hr.shape[:2])})
+        for folder in sorted({s.hr_folder for s in settings}):
+            write_png(set_dir / folder / f"{path.stem}.png", hr)
+        for setting in settings:
+            write_png(set_dir / setting.folder / setting.lr_name(path.stem),
+                      setting.degrade(hr, seed=seed, image_name=path.stem))
+    folders = dict(manifest["lr_folders"]) if manifest else {}
+    for setting in settings:
+        folders[setting.folder] = {"seed": seed, "noise": setting.noise, "hr_folder": setting.hr_folder,
+                                   "settings": []}
+    for setting in settings:
+        folders[setting.folder]["settings"].append(_setting_record(setting))
+    manifest = {"format": FORMAT, "protocol": protocol, "name": name, "scale": scale, "hr_source": source,
+                "images": images, "lr_folders": dict(sorted(folders.items())), "notes": NOTES[protocol],
+                "software": {"torch": torch.__version__, "numpy": np.__version__}}
+    (set_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    log.info("wrote %s: %d images x %d settings", set_dir, len(files), len(settings))
+    return set_dir
+
+
+# ----------------------------------------------------------------------------- reading
+_MANET_NAME = re.compile(r"^(?P<image>.+)_(?P<sig1>\d+\.\d)_(?P<sig2>\d+\.\d)_(?P<theta>\d+\.\d)$")
+_LR_FOLDER = re.compile(r"^LR_mode(?P<mode>\d+)_noise(?P<noise>\d+(?:\.\d+)?)$")
+
+
+def _manet_setting(suffix: str, folder: str, scale: int) -> Setting:
+    """Setting of a MANet-script file ``{image}_{sig1}_{sig2}_{theta}.png`` (theta 0.8 = pi/4)."""
+    match = _LR_FOLDER.match(folder)
+    noise = float(match["noise"]) if match else 0.0
+    sig1, sig2, theta = (float(v) for v in suffix.split("_"))
+    theta = math.pi / 4 if theta == 0.8 else theta
+    params = {**_base("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
+              "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
+    return Setting("cdsr", suffix + _noise_tag(noise), scale, noise, params, folder, suffix)
+
+
+def _read_foreign(set_dir: Path, lr_folders: Optional[Sequence[str]]) -> Iterator[ProtocolPair]:
+    """Pairs of a set made by MANet's script: HR_si|HR_sv|HR and LR_mode<k>_noise<n> folders."""
+    folders = lr_folders or sorted(p.name for p in set_dir.iterdir() if p.is_dir() and p.name.startswith("LR"))
+    if not folders:
+        raise FileNotFoundError(f"{set_dir} holds no LR_* folders and no {MANIFEST}")
+    for folder in folders:
+        mode = _LR_FOLDER.match(folder)
+        preferred = ("HR_sv", "HR") if (mode and int(mode["mode"]) > 0) else ("HR_si", "HR")
+        hr_dir = next((set_dir / f for f in preferred if (set_dir / f).is_dir()), None)
+        if hr_dir is None:
+            raise FileNotFoundError(f"no HR folder for {set_dir / folder}: tried {', '.join(preferred)}")
+        for path in list_images(set_dir / folder):
+            match = _MANET_NAME.match(path.stem)
+            image = match["image"] if match else path.stem
+            same_name = hr_dir / path.name                     # an HR copy per LR file, if any
+            hr = read_image(same_name if same_name.is_file() else hr_dir / f"{image}.png")
+            lr = read_image(path)
+            scale = hr.shape[0] // lr.shape[0]
+            if match:
+                setting = _manet_setting(path.stem[len(match["image"]) + 1:], folder, scale)
+            else:
+                setting = Setting("unknown", folder, scale, 0.0, {"convention": "unknown"}, folder, "")
+            yield ProtocolPair(image, setting, lr, hr)
+
+
+def read_testset(set_dir: Path, lr_folders: Optional[Sequence[str]] = None) -> Iterator[ProtocolPair]:
+    """Yield (image name, setting, lr uint8, hr uint8) for a set folder made by ``write_testset``
+    (read through its manifest) or by MANet's ``prepare_testset.py`` (settings parsed from the
+    file names). lr_folders: only these LR folders (default: all)."""
+    set_dir = Path(set_dir)
+    if not set_dir.is_dir():
+        raise FileNotFoundError(f"test set folder {set_dir} does not exist")
+    manifest = _read_manifest(set_dir)
+    if manifest is None:
+        yield from _read_foreign(set_dir, lr_folders)
+        return
+    for folder, entry in manifest["lr_folders"].items():
+        if lr_folders and folder not in lr_folders:
+            continue
+        settings = [Setting(manifest["protocol"], r["label"], manifest["scale"], r["noise"], r["params"],
+                            folder, r["file_suffix"]) for r in entry["settings"]]
+        for image in manifest["images"]:
+            hr = read_image(set_dir / entry["hr_folder"] / f"{image['name']}.png")
+            for setting in settings:
+                lr = read_image(set_dir / folder / setting.lr_name(image["name"]))
+                yield ProtocolPair(image["name"], setting, lr, hr)
