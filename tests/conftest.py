@@ -9,10 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
+
+
+# Tests use tiny tensors: one intra-op thread avoids OpenMP's spin-waiting, which made small ops
+# up to 10x slower on a busy 2-core machine (results agree to ~1e-6 either way).
+torch.set_num_threads(1)
 
 
 def _shared_folder(relative: str) -> Path:

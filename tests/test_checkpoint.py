@@ -21,15 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY_FILES = [(name, scale) for name in ("cdsr", "dasr") for scale in (2, 4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these ops are small, and on a busy 2-core machine OpenMP's waiting
-    for a second thread made them up to 10x slower (results agree to ~1e-6 either way)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def our_checkpoint(net: torch.nn.Module) -> dict:
     return {"format": FORMAT, "model_name": net.name, "scale": net.scale, "model": net.state_dict()}

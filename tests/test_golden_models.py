@@ -22,15 +22,6 @@ F32_VECTOR_ATOL = 2e-5   # embedding and debug vectors
 F64_RTOL = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these ops are small, and on a busy 2-core machine OpenMP's waiting
-    for a second thread made them up to 10x slower (results agree to ~1e-6 either way)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @lru_cache(maxsize=None)
 def _fill_module(golden_dir: Path):

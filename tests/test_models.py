@@ -15,15 +15,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these ops are small, and on a busy 2-core machine OpenMP's waiting
-    for a second thread made them up to 10x slower (results agree to ~1e-6 either way)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(name: str, scale: int = 2, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
