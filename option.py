@@ -1,0 +1,185 @@
+"""Command-line options.
+
+``build_parser()`` and ``parse_args(argv)`` do nothing at import. The flag names follow the
+authors' CDSR/DASR code, so their README commands parse; booleans are real switches. A preset
+(``--preset``) replaces the defaults with a paper recipe; flags given explicitly still win.
+``parse_args`` validates the values and returns an ``argparse.Namespace`` that nobody mutates.
+"""
+import argparse
+from typing import Dict, List, Optional
+
+# The argparse defaults are the "demo" preset: a short CPU run on the embedded photos that beats
+# bicubic. "cdsr" and "dasr" are the authors' training recipes (CDSR README command; DASR
+# defaults). Explicit flags always win over a preset.
+PRESETS: Dict[str, Dict[str, object]] = {
+    "demo": {},
+    "cdsr": dict(degradation="manet", scale=4, patch_size=48, batch_size=32, blur_type="aniso_gaussian", sig_min=0.35,
+                 sig_max=5.0, lambda_1=4.0, lambda_2=1.0, theta=0.0, epochs_encoder=-1, epochs_sr=500,
+                 freeze_epoch=600, lr_sr=1e-4, lr_decay_sr=125, gamma_sr=0.5, test_every=1000,
+                 print_every=200, n_threads=4),
+    "dasr": dict(scale=4, patch_size=48, batch_size=32, blur_type="iso_gaussian", sig_min=0.2,
+                 sig_max=4.0, sig=1.2, epochs_encoder=100, epochs_sr=500, freeze_epoch=10 ** 6,
+                 lr_encoder=1e-3, lr_decay_encoder=60, gamma_encoder=0.1, lr_sr=1e-4, lr_decay_sr=125,
+                 gamma_sr=0.5, test_every=1000, print_every=200, n_threads=4, data_test="Set14"),
+}
+
+
+def _resume_value(text: str) -> int:
+    value = int(text)
+    if value < -1:
+        raise argparse.ArgumentTypeError("use -1 (latest), 0 (off) or an epoch number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train and evaluate CDSR / DASR blind super-resolution.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="set of defaults: 'demo' (short CPU run, the defaults shown here) or the "
+                        "authors' recipe 'cdsr'/'dasr'; default: demo without --dir_data, "
+                        "otherwise the recipe of --model")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    g.add_argument("--n_GPUs", type=int, default=1, help="GPUs for DataParallel (CUDA only)")
+    g.add_argument("--n_threads", type=int, default=2, help="data-loading worker processes")
+    g.add_argument("--seed", type=int, default=1, help="random seed (data, degradations, weights)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dir_data", default=None,
+                   help="root of the training/benchmark folders; without it the photos bundled "
+                        "with scikit-image and matplotlib are used")
+    g.add_argument("--data_train", default="DF2K",
+                   help="training set(s) under --dir_data, '+'-separated (HR images in NAME/HR or NAME)")
+    g.add_argument("--data_test", default="Set5",
+                   help="benchmark set(s), '+'-separated, looked up under --test_path")
+    g.add_argument("--test_path", default=None,
+                   help="root of the benchmark sets (default: DIR_DATA/benchmark); dataset D is "
+                        "read from D/x<scale>, D/HR or D")
+    g.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="upscaling factor")
+    g.add_argument("--patch_size", type=int, default=24, help="LR training patch size")
+    g.add_argument("--batch_size", type=int, default=8, help="training images per batch")
+
+    g = p.add_argument_group("degradation")
+    g.add_argument("--degradation", choices=("dasr", "manet"), default="dasr",
+                   help="degradation convention: 'manet' (CDSR authors' training code and the "
+                        "preset 'cdsr': aniso variances, top-left kernels, decimation) or 'dasr' "
+                        "(std-devs, centred kernels, MATLAB bicubic)")
+    g.add_argument("--blur_type", choices=("iso_gaussian", "aniso_gaussian"), default="iso_gaussian")
+    g.add_argument("--blur_kernel", type=int, default=21, help="blur kernel size")
+    g.add_argument("--sig_min", type=float, default=0.2,
+                   help="training: smallest iso std-dev (aniso, manet convention: smallest variance)")
+    g.add_argument("--sig_max", type=float, default=2.0,
+                   help="training: largest iso std-dev (aniso, manet convention: largest variance)")
+    g.add_argument("--lambda_min", type=float, default=0.2, help="training, dasr aniso: smallest std-dev")
+    g.add_argument("--lambda_max", type=float, default=4.0, help="training, dasr aniso: largest std-dev")
+    g.add_argument("--noise", type=float, default=0.0,
+                   help="training: largest noise level (0..255 units); evaluation: the level used")
+    g.add_argument("--sig", type=float, default=1.2, help="evaluation: iso blur std-dev")
+    g.add_argument("--lambda_1", type=float, default=0.2,
+                   help="evaluation, aniso: dasr std-dev along x / manet variance sig1")
+    g.add_argument("--lambda_2", type=float, default=4.0,
+                   help="evaluation, aniso: dasr std-dev along y / manet variance sig2")
+    g.add_argument("--theta", type=float, default=0.0,
+                   help="evaluation, aniso: angle (dasr: degrees, manet: radians)")
+    g.add_argument("--sample_mode", choices=("bicubic", "s-fold"), default="bicubic",
+                   help="downsampling, in the authors' names: dasr 'bicubic' = MATLAB bicubic, "
+                        "'s-fold' = pixel 0 of each block; manet 'bicubic' = direct decimation")
+    g.add_argument("--sv_mode", type=int, default=0, choices=(0,),
+                   help="spatially variant training blur (0 = off; modes 1-5 exist for test sets)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="CDSR", help="network: CDSR or DASR (case-insensitive)")
+    g.add_argument("--pre_train", default=None, help="weights to start from (ours or the authors')")
+    g.add_argument("--queue_size", type=int, default=8192, help="MoCo queue length (negatives)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs_encoder", type=int, default=1,
+                   help="encoder pre-training epochs (contrastive loss only); <= 0 skips the phase")
+    g.add_argument("--epochs_sr", type=int, default=4, help="epochs after pre-training (joint + freeze)")
+    g.add_argument("--freeze_epoch", type=int, default=5,
+                   help="first epoch with a frozen encoder (L1 only); beyond the last epoch: never")
+    g.add_argument("--lr_encoder", type=float, default=1e-3, help="pre-training learning rate")
+    g.add_argument("--lr_decay_encoder", type=int, default=60, help="pre-training lr step (epochs)")
+    g.add_argument("--gamma_encoder", type=float, default=0.1, help="pre-training lr decay factor")
+    g.add_argument("--lr_sr", type=float, default=5e-4, help="joint/freeze learning rate")
+    g.add_argument("--lr_decay_sr", type=int, default=125, help="joint/freeze lr step (epochs)")
+    g.add_argument("--gamma_sr", type=float, default=0.5, help="joint/freeze lr decay factor")
+    g.add_argument("--loss", default="1*L1", help="reconstruction loss, e.g. '1*L1' or '1*L1+0.5*MSE'")
+    g.add_argument("--c_weight", type=float, default=1.0, help="weight of the contrastive loss")
+    g.add_argument("--test_every", type=int, default=50, help="iterations per epoch")
+    g.add_argument("--print_every", type=int, default=10, help="iterations between log lines")
+
+    g = p.add_argument_group("run folder and evaluation")
+    g.add_argument("--save", default="demo", help="run folder name under experiment/")
+    g.add_argument("--resume", type=_resume_value, nargs="?", const=-1, default=0,
+                   help="resume experiment/SAVE: -1 or no value = latest, N = epoch N "
+                        "(needs --save_models), 0 = start fresh")
+    g.add_argument("--save_models", action="store_true", help="keep a checkpoint of every epoch")
+    g.add_argument("--test_only", action="store_true", help="only evaluate --pre_train on --data_test")
+    g.add_argument("--save_results", action="store_true", help="write SR images of the evaluation")
+    g.add_argument("--self_ensemble", action="store_true", help="x8 flip/rotation ensemble at test time")
+    g.add_argument("--chop", action="store_true", help="tiled inference for large images")
+    return p
+
+
+def build_test_parser() -> argparse.ArgumentParser:
+    """The training flags plus test.py's own; --model and --scale default to the checkpoint's."""
+    p = build_parser()
+    p.set_defaults(save="test")
+    g = p.add_argument_group("test.py")
+    g.add_argument("--input", default=None, help="an LR image or a folder of them to super-resolve")
+    g.add_argument("--output", default=None, help="folder for the SR images of --input")
+    return p
+
+
+def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]],
+                       test: bool) -> argparse.Namespace:
+    known, _ = parser.parse_known_args(argv)
+    preset = known.preset
+    if preset is None:
+        preset = "demo" if known.dir_data is None else (known.model or "cdsr").lower()
+    parser.set_defaults(preset=preset, **PRESETS.get(preset, {}))
+    if test:  # the checkpoint says which model and scale it is
+        parser.set_defaults(model=None, scale=None)
+    return parser.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Raise ValueError with one clear sentence for values that make no sense."""
+    positive = ("patch_size", "batch_size", "test_every", "print_every", "blur_kernel", "queue_size",
+                "lr_decay_encoder", "lr_decay_sr", "n_GPUs")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("lr_encoder", "lr_sr", "gamma_encoder", "gamma_sr"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("noise", "sig", "c_weight", "sig_min", "lambda_min"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.sig_min > args.sig_max:
+        raise ValueError(f"--sig_min {args.sig_min} is larger than --sig_max {args.sig_max}")
+    if args.lambda_min > args.lambda_max:
+        raise ValueError(f"--lambda_min {args.lambda_min} is larger than --lambda_max {args.lambda_max}")
+    if args.blur_kernel % 2 == 0:
+        raise ValueError(f"--blur_kernel must be odd, got {args.blur_kernel}")
+    if args.n_threads < 0:
+        raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
+    if getattr(args, "input", None) and not args.output:
+        raise ValueError("--input needs --output, the folder for the SR images")
+    if args.queue_size % args.batch_size:
+        raise ValueError(f"--queue_size {args.queue_size} must be a multiple of --batch_size "
+                         f"{args.batch_size} (MoCo enqueues whole batches)")
+
+
+def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argparse.Namespace:
+    """Parsed, validated options of main.py (or of test.py with ``test=True``)."""
+    parser = build_test_parser() if test else build_parser()
+    args = _parse_with_preset(parser, argv, test)
+    try:
+        validate(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
