@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 import utility
-from data import build_train_loader, build_training_degradation
+from data import build_train_loader, build_train_set, build_training_degradation, epoch_seed
 from data.benchmark import BenchmarkSet
 from data.images import to_image, write_png
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
@@ -188,6 +188,7 @@ class Trainer:
         self.log = utility.get_logger()
         self.phases = build_phases(args)
         self.degrade = build_training_degradation(args)
+        self.train_set = build_train_set(args)
         self.net = nn.DataParallel(model, list(range(args.n_GPUs))) if (
             args.n_GPUs > 1 and device.type == "cuda") else model
         self.phase: Optional[Phase] = None
@@ -264,13 +265,12 @@ class Trainer:
         return metrics
 
     def train_epoch(self, epoch: int) -> None:
-        seed = self.args.seed * 100_003 + epoch
-        torch.manual_seed(seed)
+        seed = epoch_seed(self.args.seed, epoch)
         degradation_rng = torch.Generator().manual_seed(seed)
         set_trainable(self.model, self.phase)
         lr_now = self.optimizer.param_groups[0]["lr"]
         timer, sums = utility.Timer(), {}
-        loader = build_train_loader(self.args, epoch)
+        loader = build_train_loader(self.args, self.train_set, seed)
         bar = tqdm(loader, desc=f"epoch {epoch} ({self.phase.name})", leave=False, disable=None)
         for it, batch in enumerate(bar, 1):
             hr = batch["hr"].to(self.device, non_blocking=True).float()

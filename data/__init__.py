@@ -30,20 +30,28 @@ def training_folders(args: argparse.Namespace) -> List[Path]:
     return folders
 
 
-def build_train_loader(args: argparse.Namespace, epoch: int) -> DataLoader:
-    """One epoch: ``test_every`` batches of ``{"hr": uint8 (B,2,3,P*s,P*s)}``, shuffled and
-    augmented from a generator seeded by (seed, epoch), so a resumed run sees the same data."""
+def build_train_set(args: argparse.Namespace) -> PatchPairs:
+    """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos;
+    ``test_every * batch_size`` items per epoch. Every image is checked here, before training."""
     hr_patch = args.patch_size * args.scale
     length = args.test_every * args.batch_size
     if args.dir_data is None:
         photos = training_photos()
-        dataset = PatchPairs(list(photos.values()), hr_patch, length, names=list(photos))
-    else:
-        dataset = PatchPairs(folder_sources(training_folders(args)), hr_patch, length)
-    generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+        return PatchPairs(list(photos.values()), hr_patch, length, names=list(photos))
+    return PatchPairs(folder_sources(training_folders(args)), hr_patch, length)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one training epoch (data, degradations)."""
+    return seed * 100_003 + epoch
+
+
+def build_train_loader(args: argparse.Namespace, dataset: PatchPairs, seed: int) -> DataLoader:
+    """One epoch of ``{"hr": uint8 (B,2,3,P,P)}`` batches, shuffled and cropped with generators
+    seeded by ``seed``, so a resumed run sees the same data whatever the worker count."""
+    dataset.set_seed(seed)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      num_workers=args.n_threads, generator=generator,
-                      persistent_workers=False, pin_memory=False)
+                      num_workers=args.n_threads, generator=torch.Generator().manual_seed(seed))
 
 
 def build_training_degradation(args: argparse.Namespace) -> Callable:

@@ -52,17 +52,19 @@ class PatchPairs(Dataset):
     ``{"hr": uint8 (2, 3, P, P)}`` with P = ``hr_patch_size`` (two independent random patches,
     each randomly flipped/transposed when ``augment``).
 
-    Randomness comes from torch's global generator, which the DataLoader seeds per worker.
+    Item i draws from a generator seeded with (``seed``, i), so the patches depend neither on
+    the number of workers nor on the order items are fetched in.
     """
 
     def __init__(self, sources: Sequence[Source], hr_patch_size: int, length: int,
-                 augment: bool = True, names: Sequence[str] = ()) -> None:
+                 augment: bool = True, names: Sequence[str] = (), seed: int = 0) -> None:
         if not sources:
             raise ImageError("the training set is empty")
         self.sources = list(sources)
         self.patch = hr_patch_size
         self.length = length
         self.augment = augment
+        self.seed = seed
         names = list(names) or [str(s) if isinstance(s, Path) else f"image {i}"
                                 for i, s in enumerate(self.sources)]
         for source, name in zip(self.sources, names):
@@ -74,13 +76,18 @@ class PatchPairs(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def set_seed(self, seed: int) -> None:
+        """Draw a new set of patches (call once per epoch, before creating the loader)."""
+        self.seed = seed
+
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         source = self.sources[index % len(self.sources)]
         image = read_image(source) if isinstance(source, Path) else source
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        patches = [random_patch(image, self.patch) for _ in range(2)]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        patches = [random_patch(image, self.patch, generator) for _ in range(2)]
         if self.augment:
-            patches = [random_flip_rotate(p) for p in patches]
+            patches = [random_flip_rotate(p, generator) for p in patches]
         return {"hr": torch.stack([p.contiguous() for p in patches])}
 
 

@@ -1,0 +1,103 @@
+"""Training pairs, the bundled sample photos and the folder layouts users bring."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+import option
+from data import build_test_sets, build_train_loader, build_train_set, training_folders
+from data.hr_folder import PatchPairs, random_flip_rotate
+from data.images import ImageError, write_png
+from data.sample_photos import held_out_photos, training_photos
+
+
+def _images(folder, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        write_png(folder / f"img_{i:03d}.png", rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+
+
+def test_pairs_are_two_patches_of_the_same_image():
+    flat = [np.full((40, 50, 3), 10 * (i + 1), np.uint8) for i in range(3)]
+    dataset = PatchPairs(flat, hr_patch_size=16, length=7)
+    assert len(dataset) == 7
+    item = dataset[4]["hr"]
+    assert item.shape == (2, 3, 16, 16) and item.dtype == torch.uint8
+    assert (item == 20).all()  # image 4 % 3 = 1 for both patches
+
+
+def test_flip_rotate_covers_the_eight_symmetries():
+    patch = torch.arange(9).reshape(1, 3, 3)
+    seen = {tuple(random_flip_rotate(patch, torch.Generator().manual_seed(s)).flatten().tolist())
+            for s in range(200)}
+    assert len(seen) == 8
+
+
+def test_an_image_smaller_than_the_patch_is_named(tmp_path):
+    with pytest.raises(ImageError, match="image 1 is 10x40, smaller than the HR patch 16x16"):
+        PatchPairs([np.zeros((20, 20, 3), np.uint8), np.zeros((10, 40, 3), np.uint8)], 16, 4)
+    _images(tmp_path, [(40, 40), (12, 50)])
+    from data.hr_folder import folder_sources
+    with pytest.raises(ImageError, match="img_001.png is 12x50"):
+        PatchPairs(folder_sources([tmp_path]), 16, 4)
+
+
+def test_a_corrupt_training_image_is_named(tmp_path):
+    _images(tmp_path, [(40, 40)])
+    (tmp_path / "img_009.png").write_bytes(b"junk")
+    from data.hr_folder import folder_sources
+    with pytest.raises(ImageError, match="img_009.png"):
+        PatchPairs(folder_sources([tmp_path]), 16, 4)
+
+
+def test_training_folder_layouts(tmp_path):
+    (tmp_path / "DF2K" / "HR").mkdir(parents=True)
+    _images(tmp_path / "DF2K" / "HR", [(40, 40)])
+    args = argparse.Namespace(dir_data=str(tmp_path), data_train="DF2K")
+    assert training_folders(args) == [tmp_path / "DF2K" / "HR"]
+    # The CDSR README points --dir_data straight at the HR folder.
+    args = argparse.Namespace(dir_data=str(tmp_path / "DF2K" / "HR"), data_train="DF2K")
+    assert training_folders(args) == [tmp_path / "DF2K" / "HR"]
+    with pytest.raises(ImageError, match="training set 'DIV2K' not found"):
+        training_folders(argparse.Namespace(dir_data=str(tmp_path), data_train="DIV2K"))
+
+
+def test_loader_is_seeded(tmp_path):
+    _images(tmp_path / "T", [(60, 60), (50, 70)])
+    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
+                             "--batch_size 2 --test_every 3 --n_threads 0 --queue_size 8".split())
+    dataset = build_train_set(args)
+    first = [b["hr"] for b in build_train_loader(args, dataset, seed=1)]
+    other = [b["hr"] for b in build_train_loader(args, dataset, seed=2)]
+    again = [b["hr"] for b in build_train_loader(args, dataset, seed=1)]
+    assert len(first) == 3 and first[0].shape == (2, 2, 3, 16, 16)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_sample_photos_come_from_the_installed_packages():
+    train, held_out = training_photos(), held_out_photos()
+    assert len(train) >= 8 and len(held_out) == 2
+    assert not set(train) & set(held_out)
+    assert all(image.shape == (192, 192, 3) for image in held_out.values())
+
+
+def test_test_sets_default_to_the_held_out_photos_and_make_seeded_lr():
+    args = option.parse_args("--scale 2 --noise 5".split())
+    (photos,) = build_test_sets(args)
+    item = photos[0]
+    assert photos.name == "photos" and item["lr"].shape == (3, 96, 96) and item["hr"].shape == (3, 192, 192)
+    assert torch.equal(item["lr"], photos[0]["lr"])  # the noise is seeded by the image name
+
+
+def test_benchmark_layouts(tmp_path):
+    _images(tmp_path / "Set5" / "HR", [(30, 30)])
+    _images(tmp_path / "Set14", [(31, 33)])
+    args = option.parse_args(f"--test_path {tmp_path} --data_test Set5+Set14 --scale 2".split())
+    sets = build_test_sets(args)
+    assert [s.name for s in sets] == ["Set5", "Set14"]
+    assert sets[1][0]["hr"].shape == (3, 30, 32)  # cropped to a multiple of the scale
+    args = option.parse_args(f"--test_path {tmp_path} --data_test Urban100".split())
+    with pytest.raises(Exception, match="Urban100"):
+        build_test_sets(args)

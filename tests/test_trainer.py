@@ -1,0 +1,100 @@
+"""The training loop: phases, frozen encoder, checkpoints and resume, on tiny models and data."""
+import numpy as np
+import pytest
+import torch
+
+import option
+from data import build_test_sets
+from data.images import write_png
+from loss import build_loss
+from model import build_model
+from model.checkpoint import read_checkpoint
+from trainer import Trainer, build_phases
+
+TINY_DASR = dict(n_feats=8, n_groups=1, n_blocks=1, embed_dim=16, queue_size=8)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for folder, count, size in (("Train/HR", 3, 48), ("Tiny", 2, 36)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            write_png(root / folder / f"{i}.png", rng.integers(0, 256, (size, size + 4, 3)).astype(np.uint8))
+    return root
+
+
+def make_args(data_root, save, *extra):
+    argv = (f"--dir_data {data_root} --data_train Train --test_path {data_root} --data_test Tiny "
+            f"--model DASR --scale 2 --patch_size 8 --batch_size 2 --queue_size 8 --test_every 2 "
+            f"--n_threads 0 --epochs_encoder 1 --epochs_sr 3 --freeze_epoch 4 --save {save} --cpu")
+    return option.parse_args(argv.split() + list(extra))
+
+
+def run(args, run_dir):
+    torch.manual_seed(0)
+    model = build_model("dasr", scale=2, **TINY_DASR)
+    trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), build_test_sets(args),
+                      torch.device("cpu"), run_dir)
+    return trainer, trainer.fit()
+
+
+def encoder_state(state):
+    return {k: v for k, v in state.items() if k.startswith("encoder.")}
+
+
+def test_all_three_phases_run_and_leave_checkpoints(data_root, tmp_path):
+    args = make_args(data_root, "a", "--save_models")
+    trainer, metrics = run(args, tmp_path)
+    assert [p.name for p in trainer.phases] == ["encoder", "joint", "freeze"]
+    assert set(metrics) == {"Tiny"} and np.isfinite(metrics["Tiny"]["psnr"])
+    last = read_checkpoint(tmp_path / "checkpoint" / "last.pt")
+    assert (last["epoch"], last["phase"], last["model_name"]) == (4, "freeze", "dasr")
+    assert set(last) >= {"model", "optimizer", "scheduler", "config"}
+    assert (tmp_path / "checkpoint" / "best.pt").is_file() and (tmp_path / "psnr.png").is_file()
+    assert len((tmp_path / "psnr.csv").read_text().splitlines()) == 1 + 4
+    # The generator did not move while only the encoder was pre-trained ...
+    epoch1 = read_checkpoint(tmp_path / "checkpoint" / "epoch_1.pt")["model"]
+    torch.manual_seed(0)
+    initial = build_model("dasr", scale=2, **TINY_DASR).state_dict()
+    assert all(torch.equal(epoch1[k], initial[k]) for k in initial if k.startswith("generator."))
+    assert not torch.equal(epoch1["encoder.query_encoder.layers.0.conv.weight"],
+                           initial["encoder.query_encoder.layers.0.conv.weight"])
+    # ... and the frozen encoder (weights, BN statistics, key encoder, queue) stayed bit-identical.
+    joint_end = encoder_state(read_checkpoint(tmp_path / "checkpoint" / "epoch_3.pt")["model"])
+    frozen_end = encoder_state(last["model"])
+    assert joint_end.keys() == frozen_end.keys()
+    assert all(torch.equal(joint_end[k], frozen_end[k]) for k in joint_end)
+    assert not torch.equal(last["model"]["generator.tail_conv.weight"],
+                           read_checkpoint(tmp_path / "checkpoint" / "epoch_3.pt")["model"]["generator.tail_conv.weight"])
+
+
+def test_optimizer_holds_exactly_the_phase_parameters(data_root, tmp_path):
+    trainer, _ = run(make_args(data_root, "b", "--epochs_sr", "0"), tmp_path)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in trainer.model.encoder.query_encoder.parameters()}
+    trainer.enter_phase(build_phases(make_args(data_root, "b"))[2])
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in trainer.model.generator.parameters()}
+
+
+def test_a_killed_run_resumes_to_the_same_weights(data_root, tmp_path):
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    _, _ = run(make_args(data_root, "full", "--save_models"), full_dir)
+    # Pretend the run died during epoch 3: only the checkpoint of epoch 2 (mid joint phase) exists.
+    (resumed_dir / "checkpoint").mkdir(parents=True)
+    (full_dir / "checkpoint" / "epoch_2.pt").replace(resumed_dir / "checkpoint" / "last.pt")
+    trainer, _ = run(make_args(data_root, "resumed", "--resume"), resumed_dir)
+    assert trainer.start_epoch == 3
+    full = read_checkpoint(full_dir / "checkpoint" / "last.pt")["model"]
+    resumed = read_checkpoint(resumed_dir / "checkpoint" / "last.pt")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_resume_needs_a_checkpoint_and_the_same_schedule(data_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        run(make_args(data_root, "c", "--resume"), tmp_path)
+    run(make_args(data_root, "c", "--epochs_sr", "1"), tmp_path)
+    with pytest.raises(ValueError, match="phase 'joint'.*'encoder'"):
+        run(make_args(data_root, "c", "--resume", "--epochs_encoder", "3"), tmp_path)
