@@ -126,11 +126,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_test_parser() -> argparse.ArgumentParser:
     """The training flags plus test.py's own; --model and --scale default to the checkpoint's."""
+    from data.protocols import PROTOCOLS  # here, so that importing option stays light
+
     p = build_parser()
+    p.prog = "test.py"
+    p.usage = ("%(prog)s --pre_train CKPT [--protocol NAME --data_test SETS --test_path ROOT] "
+               "[--input PATH --output DIR] [--chop] [--self_ensemble] ... (see --help)")
+    p.description = ("Score a checkpoint (ours or the authors') on benchmark sets under a fixed "
+                     "degradation or every setting of a published protocol, or super-resolve "
+                     "your own images.")
     p.set_defaults(save="test")
-    g = p.add_argument_group("test.py")
-    g.add_argument("--input", default=None, help="an LR image or a folder of them to super-resolve")
+    g = p.add_argument_group("test.py: protocols and tables")
+    g.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="score every setting of a published test protocol (rows of the table) "
+                        "instead of the single --sig/--lambda_1/--lambda_2/--theta/--noise "
+                        "degradation: cdsr (CDSR Table 2 / MANet sets), dasr-iso (DASR Table 2), "
+                        "dasr-aniso (DASR Table 3, x4), gaussian8 (IKC/DAN); noisy settings use the "
+                        "seeded noise of scripts/make_testsets.py's default --seed 0")
+    g.add_argument("--protocol_noise", type=float, default=None,
+                   help="with --protocol: only this noise level (0..255 units); default: every "
+                        "level the paper reports at --scale")
+    g.add_argument("--testsets", default=None,
+                   help="with --protocol: read the LR images from ROOT/<protocol>/<dataset>_x<scale>/ "
+                        "(written by scripts/make_testsets.py or MANet's prepare_testset.py) "
+                        "instead of generating them on the fly")
+    g.add_argument("--figure_images", default=None,
+                   help="with --save_results: '+'-separated image names (file stems) for the "
+                        "LR-bicubic | SR | HR comparison figures; default: the first image of "
+                        "each --data_test set")
+
+    g = p.add_argument_group("test.py: own images")
+    g.add_argument("--input", default=None,
+                   help="an LR image or a folder of them to super-resolve (any size; grayscale, "
+                        "RGBA and 16-bit files are read; the output is 8-bit PNG, grayscale for "
+                        "grayscale input, with the alpha channel bicubic-upscaled for RGBA)")
     g.add_argument("--output", default=None, help="folder for the SR images of --input")
+
+    g = p.add_argument_group("test.py: tiled inference (--chop)")
+    g.add_argument("--tile", type=int, default=128,
+                   help="with --chop: LR tile side; only the SR network runs per tile")
+    g.add_argument("--tile_overlap", type=int, default=32,
+                   help="with --chop: LR pixels of context around each tile (DASR equals the "
+                        "untiled output once this reaches its receptive radius, 109 at paper size)")
+    g.add_argument("--embed_crop", type=int, default=512,
+                   help="with --chop: the degradation embedding is estimated once, on the centred "
+                        "square of this LR side (0 = the whole image), so memory stays bounded")
+    g.add_argument("--tile_pooling", choices=("tile", "image"), default="tile",
+                   help="with --chop, CDSR only: its DQA layers pool each feature map over "
+                        "'tile' (bounded memory, output deviates from untiled) or 'image' (exact: "
+                        "two passes per block keep the whole-image means; holds three 64-channel "
+                        "LR-size feature maps)")
     return p
 
 
@@ -169,9 +214,9 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
     if getattr(args, "input", None) and not args.output:
         raise ValueError("--input needs --output, the folder for the SR images")
-    if args.queue_size % args.batch_size:
-        raise ValueError(f"--queue_size {args.queue_size} must be a multiple of --batch_size "
-                         f"{args.batch_size} (MoCo enqueues whole batches)")
+    if args.queue_size < args.batch_size:
+        raise ValueError(f"--queue_size {args.queue_size} is smaller than --batch_size "
+                         f"{args.batch_size}; MoCo enqueues a whole batch of keys per step")
 
 
 def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argparse.Namespace:
