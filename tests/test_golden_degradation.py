@@ -4,7 +4,8 @@ import shutil
 
 import numpy as np
 
-from scripts.degradation_goldens import check_degradation_goldens, check_manet_protocol
+from scripts.golden.degradations import check_degradation_goldens
+from scripts.golden.manet import check_manet_protocol
 
 
 def _report(results) -> str:
