@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import MLP, ChannelGate, DegradationAwareBlock, DynamicDepthwiseConv, conv3x3
+from .blocks import (LEAKY_SLOPE, MLP, ChannelGate, DegradationAwareBlock, DynamicDepthwiseConv,
+                     check_image_batch, conv3x3)
+from .inference import iter_tiles, tile_centre, tiled_apply
 from .lpe import PATCH_SIZE, LPEEncoder
 from .moco import BlindSRModel, MoCo
 
@@ -56,8 +58,18 @@ class DQA(nn.Module):
         self.channel_gate = ChannelGate(channels, reduction)
 
     def forward(self, x: torch.Tensor, degradation: torch.Tensor) -> torch.Tensor:
-        kernel_embedding = self.attention(x.mean(dim=(2, 3)), degradation)   # (B,C)
+        return self.forward_with_mean(x, degradation, x.mean(dim=(2, 3)))
+
+    def forward_with_mean(self, x: torch.Tensor, degradation: torch.Tensor,
+                          image_mean: torch.Tensor) -> torch.Tensor:
+        """DQA with the spatial mean (B,C) given, e.g. the whole image's when x is a tile."""
+        kernel_embedding = self.attention(image_mean, degradation)           # (B,C)
         return self.dynamic_conv(x, kernel_embedding) + self.channel_gate(x, degradation)
+
+    @property
+    def radius(self) -> int:
+        """Context (pixels) an output pixel reads on each side once the mean is fixed."""
+        return self.dynamic_conv.kernel_size // 2
 
 
 class ResidualDenseBlock(nn.Module):
@@ -124,6 +136,39 @@ class RRDBSFTBlock(nn.Module):
         out = self.dense_blocks(self.dqa_block(x, vector))               # (B,C,H,W)
         return x + RESIDUAL_SCALE * out
 
+    def forward_tiled(self, x: torch.Tensor, degradation_map: torch.Tensor, *,
+                      tile: int) -> torch.Tensor:
+        """``forward`` computed tile by tile with each DQA's whole-image mean (two passes).
+
+        The first DQA's mean is x's. Pass 1 runs the block up to the second DQA on every tile
+        and sums the tile centres, giving that DQA's whole-image mean; pass 2 runs the whole
+        block per tile with both means. Tiles carry exactly the context the convolutions need,
+        so the result equals ``forward`` up to float rounding. x (B,C,H,W) -> (B,C,H,W).
+        """
+        vector = torch.sigmoid(self.condition(degradation_map))          # (B,C)
+        dab = self.dqa_block
+        first_mean = x.mean(dim=(2, 3))                                  # (B,C)
+
+        def first_half(crop: torch.Tensor) -> torch.Tensor:             # DQA1, conv1
+            out = F.leaky_relu(dab.adapt1.forward_with_mean(crop, vector, first_mean), LEAKY_SLOPE)
+            return F.leaky_relu(dab.conv1(out), LEAKY_SLOPE)
+
+        first_radius = dab.adapt1.radius + _conv_radius(dab.conv1)
+        total = x.new_zeros(x.shape[:2])
+        for t in iter_tiles(x, tile, first_radius):
+            total += tile_centre(first_half(t.crop), t).sum(dim=(2, 3))
+        second_mean = total / (x.shape[-2] * x.shape[-1])                 # (B,C)
+
+        def whole_block(crop: torch.Tensor) -> torch.Tensor:
+            out = F.leaky_relu(dab.adapt2.forward_with_mean(first_half(crop), vector, second_mean),
+                               LEAKY_SLOPE)
+            out = dab.conv2(out) + crop
+            return crop + RESIDUAL_SCALE * self.dense_blocks(out)
+
+        radius = (first_radius + dab.adapt2.radius + _conv_radius(dab.conv2)
+                  + sum(_conv_radius(m) for m in self.dense_blocks.modules() if isinstance(m, nn.Conv2d)))
+        return tiled_apply(whole_block, x, tile=tile, halo=radius)
+
 
 class CDSRGenerator(nn.Module):
     """RRDB-SFT generator: x (B,3,h,w) in [0,1], embedding (B,D) -> (B,3,s*h,s*w) (unclamped).
@@ -153,6 +198,30 @@ class CDSRGenerator(nn.Module):
         features = features + self.body_conv(body)
         return self.upsampler(features)                                  # (B,3,s*h,s*w)
 
+    def forward_tiled(self, x: torch.Tensor, embedding: torch.Tensor, *, tile: int) -> torch.Tensor:
+        """``forward`` computed ``tile`` x ``tile`` pixels at a time, block by block, keeping every
+        DQA's whole-image mean (``RRDBSFTBlock.forward_tiled``): equal to ``forward`` up to
+        float rounding. Memory: three (B,C,h,w) feature maps (the long skip, a block's input and
+        its output) plus one tile's activations, instead of all activations of the whole image.
+        """
+        degradation_map = self.embedding_mlp(embedding)                  # (B,D)
+        features = tiled_apply(self.first_conv, x, tile=tile, halo=_conv_radius(self.first_conv))
+        body = features
+        for block in self.blocks:
+            body = block.forward_tiled(body, degradation_map, tile=tile)
+
+        def tail(skip: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+            return self.upsampler(skip + self.body_conv(trunk))
+
+        halo = _conv_radius(self.body_conv) + _conv_radius(self.upsampler.conv)
+        return tiled_apply(tail, features, body, tile=tile, halo=halo,
+                           scale=self.upsampler.shuffle.upscale_factor)
+
+
+def _conv_radius(conv: nn.Conv2d) -> int:
+    """Context (pixels) a stride-1 'same' convolution reads on each side."""
+    return conv.dilation[0] * (conv.kernel_size[0] // 2)
+
 
 class CDSR(BlindSRModel):
     """CDSR: MoCo(LPE encoder + CSC codebook) and the DQA-fused RRDB-SFT generator.
@@ -177,6 +246,18 @@ class CDSR(BlindSRModel):
 
     def to_network_range(self, lr: torch.Tensor) -> torch.Tensor:
         return lr / 255.0
+
+    def super_resolve_tiled(self, lr: torch.Tensor, embedding: torch.Tensor, *,
+                            tile: int) -> torch.Tensor:
+        """``super_resolve`` tile by tile with every DQA's whole-image mean kept (two passes per
+        block, see ``CDSRGenerator.forward_tiled``): same result up to float rounding, memory
+        three 64-channel LR-size maps plus one tile's work. lr (B,3,h,w) 0..255 -> SR."""
+        check_image_batch(lr, "CDSR lr")
+        if embedding.dim() != 2 or embedding.shape[0] != lr.shape[0]:
+            raise ValueError(f"embedding must be (B,embed_dim) with B = {lr.shape[0]}, "
+                             f"got {tuple(embedding.shape)}")
+        sr = self.generator.forward_tiled(self.to_network_range(lr), embedding, tile=tile)
+        return self.from_network_range(sr)
 
     def from_network_range(self, sr: torch.Tensor) -> torch.Tensor:
         return sr * 255.0

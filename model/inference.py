@@ -3,8 +3,17 @@
 The model contract (see ``model/__init__.py``): ``model.embed(lr) -> (B, D)`` and
 ``model.super_resolve(lr, embedding) -> (B, 3, s*h, s*w)``, LR in 0..255, SR in 0..255 units
 (not clamped). Everything here runs on the input's device.
+
+Tiling. Both generators are fully convolutional with stride 1 and take any h, w >= 1, so no
+pad-to-multiple is needed. A tiled forward estimates the degradation embedding once (on the whole
+image, or on its centred ``embed_crop`` square so memory stays bounded) and runs only the SR
+network tile by tile. DASR's SR network is local: with ``overlap`` at least its receptive radius
+the tiled output is the untiled one. CDSR's DQA layers pool each feature map over the whole
+image, so a tile sees its own means and the output changes; ``global_stats=True`` uses
+``model.super_resolve_tiled`` (CDSR only), which keeps the whole-image means (see
+``CDSRGenerator.forward_tiled``).
 """
-from typing import Callable, Optional
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +36,57 @@ def self_ensemble(forward: Forward, lr: torch.Tensor) -> torch.Tensor:
     return torch.stack(outputs).mean(dim=0)
 
 
+class Tile(NamedTuple):
+    """One tile of a (B,C,H,W) map. ``box`` = (top, bottom, left, right) is the tile itself,
+    ``window`` the same with up to ``halo`` pixels of context on every side (clipped at the
+    image border), both in image coordinates; ``crop`` is ``x`` inside ``window``."""
+    crop: torch.Tensor
+    box: Tuple[int, int, int, int]
+    window: Tuple[int, int, int, int]
+
+    def of(self, other: torch.Tensor) -> torch.Tensor:
+        """The same window of another map of the same height and width."""
+        y0, y1, x0, x1 = self.window
+        return other[..., y0:y1, x0:x1]
+
+
+def iter_tiles(x: torch.Tensor, tile: int, halo: int) -> Iterator[Tile]:
+    """``tile`` x ``tile`` tiles of x (B,C,H,W), row by row, covering it exactly once."""
+    if tile <= 0 or halo < 0:
+        raise ValueError(f"tile must be > 0 and halo/overlap >= 0, got tile={tile}, halo={halo}")
+    h, w = x.shape[-2:]
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            y0, x0 = max(top - halo, 0), max(left - halo, 0)
+            y1, x1 = min(top + tile + halo, h), min(left + tile + halo, w)
+            yield Tile(x[..., y0:y1, x0:x1], (top, min(top + tile, h), left, min(left + tile, w)),
+                       (y0, y1, x0, x1))
+
+
+def tile_centre(y: torch.Tensor, t: Tile, scale: int = 1) -> torch.Tensor:
+    """The part of ``y`` = f(t.crop) (scaled ``scale`` x) that belongs to the tile itself."""
+    top, bottom, left, right = t.box
+    dy, dx = top - t.window[0], left - t.window[2]
+    return y[..., dy * scale:(dy + bottom - top) * scale, dx * scale:(dx + right - left) * scale]
+
+
+def tiled_apply(fn: Callable[..., torch.Tensor], x: torch.Tensor, *others: torch.Tensor,
+                tile: int, halo: int, scale: int = 1) -> torch.Tensor:
+    """``fn(x, *others)`` assembled tile by tile: maps (B,C,H,W) of equal H, W -> (B,C',s*H,s*W)
+    for an ``fn`` that maps (h,w) crops to an (s*h, s*w) result. Exact when every output pixel
+    of ``fn`` depends only on inputs within ``halo`` pixels and ``fn`` pads the border like the
+    untiled call (zero padding does: tiles at the border are clipped, not padded). Peak memory
+    follows ``(tile + 2 * halo)^2`` plus the output."""
+    out = None
+    for t in iter_tiles(x, tile, halo):
+        y = fn(t.crop, *(t.of(o) for o in others))
+        if out is None:
+            out = y.new_empty(*y.shape[:-2], x.shape[-2] * scale, x.shape[-1] * scale)
+        top, bottom, left, right = t.box
+        out[..., top * scale:bottom * scale, left * scale:right * scale] = tile_centre(y, t, scale)
+    return out
+
+
 def tiled_super_resolve(model: nn.Module, lr: torch.Tensor, embedding: torch.Tensor, *,
                         tile: int, overlap: int) -> torch.Tensor:
     """Run only the SR network tile by tile with a fixed embedding; LR (B,3,h,w) -> SR.
@@ -36,34 +96,39 @@ def tiled_super_resolve(model: nn.Module, lr: torch.Tensor, embedding: torch.Ten
     field is within ``overlap`` gives exactly the untiled result. Peak memory grows with
     ``(tile + 2 * overlap)^2`` instead of the image size.
     """
-    if tile <= 0 or overlap < 0:
-        raise ValueError(f"tile must be > 0 and overlap >= 0, got tile={tile}, overlap={overlap}")
-    _, _, h, w = lr.shape
-    scale = model.scale
-    out = None
-    for top in range(0, h, tile):
-        for left in range(0, w, tile):
-            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
-            y1, x1 = min(top + tile + overlap, h), min(left + tile + overlap, w)
-            sr = model.super_resolve(lr[:, :, y0:y1, x0:x1], embedding)
-            if out is None:
-                out = sr.new_empty(lr.shape[0], sr.shape[1], h * scale, w * scale)
-            bottom, right = min(top + tile, h), min(left + tile, w)
-            out[:, :, top * scale:bottom * scale, left * scale:right * scale] = sr[
-                :, :, (top - y0) * scale:(bottom - y0) * scale, (left - x0) * scale:(right - x0) * scale]
-    return out
+    return tiled_apply(lambda crop: model.super_resolve(crop, embedding), lr, tile=tile,
+                       halo=overlap, scale=model.scale)
+
+
+def centre_crop(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    """The centred ``size`` x ``size`` window of x (B,C,H,W) (each side clipped to the image);
+    x itself when ``size`` is None or 0."""
+    if not size:
+        return x
+    h, w = x.shape[-2:]
+    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    return x[..., top:top + size, left:left + size]
 
 
 def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
-            tile: Optional[int] = None, overlap: int = 32) -> torch.Tensor:
+            tile: Optional[int] = None, overlap: int = 32, embed_crop: Optional[int] = None,
+            global_stats: bool = False) -> torch.Tensor:
     """SR of ``lr`` (B,3,h,w) in 0..255 under the chosen policies (model in eval mode).
 
-    With ``tile``, the embedding is estimated once on the whole image and only the SR network
-    is tiled. With ``ensemble``, the x8 self-ensemble wraps whichever forward is used.
+    tile: LR tile side; None runs the whole model at once (the authors' eval forward). When the
+    image is larger than one tile, the embedding is estimated once, on the whole image or on its
+    centred ``embed_crop`` square, and only the SR network runs per tile with ``overlap`` pixels
+    of context. global_stats: models whose SR network pools over the whole image (CDSR's DQA)
+    keep the whole-image statistics (``model.super_resolve_tiled``); models without such pooling
+    (DASR) are already exact with enough overlap. ensemble: the x8 self-ensemble wraps whichever
+    forward is used.
     """
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tile is None or max(x.shape[-2:]) <= tile:
             return model(x)
-        return tiled_super_resolve(model, x, model.embed(x), tile=tile, overlap=overlap)
+        embedding = model.embed(centre_crop(x, embed_crop))
+        if global_stats and hasattr(model, "super_resolve_tiled"):
+            return model.super_resolve_tiled(x, embedding, tile=tile)
+        return tiled_super_resolve(model, x, embedding, tile=tile, overlap=overlap)
 
     return self_ensemble(forward, lr) if ensemble else forward(lr)

@@ -1,0 +1,131 @@
+"""Inference policies: tiled == untiled where the network is local, CDSR's per-tile pooling
+deviates and its whole-image mode does not, the x8 ensemble maps every view back."""
+import pytest
+import torch
+from torch import nn
+
+from model import build_model
+from model.inference import centre_crop, iter_tiles, predict, tiled_apply, tiled_super_resolve
+
+TINY_DASR = dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16)
+TINY_CDSR = dict(n_feats=8, n_blocks=2, growth=4, embed_dim=16, codebook_size=8, queue_size=16)
+DASR_RADIUS = 9      # tiny DASR above: 8.75 LR px (7 LR convs, one at x2 and one at x4)
+
+
+def lr_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def tiny(name: str, scale: int = 4, gamma: float = 0.0) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, scale=scale, **(TINY_DASR if name == "dasr" else TINY_CDSR)).eval()
+    for module in model.modules():       # DQA's attention weight; 0 at init ignores the means
+        if hasattr(module, "gamma"):
+            module.gamma.data.fill_(gamma)
+    return model
+
+
+def test_tiles_cover_every_pixel_once():
+    x = torch.zeros(1, 1, 23, 17)
+    for t in iter_tiles(x, 5, 3):
+        top, bottom, left, right = t.box
+        x[..., top:bottom, left:right] += 1
+        assert t.crop.shape[-2] <= 5 + 6 and t.crop.shape[-1] <= 5 + 6
+    assert torch.equal(x, torch.ones_like(x))
+
+
+def test_tiled_apply_of_a_local_network_is_exact():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 5, padding=2))
+    x = torch.randn(2, 3, 19, 26)
+    with torch.no_grad():
+        assert torch.allclose(tiled_apply(net, x, tile=6, halo=3), net(x), atol=1e-6)
+        assert not torch.allclose(tiled_apply(net, x, tile=6, halo=1), net(x), atol=1e-3)
+
+
+@torch.no_grad()
+def test_dasr_tiled_equals_untiled_with_enough_overlap():
+    model, x = tiny("dasr"), lr_image(30, 37)
+    full = model(x)
+    tiled = predict(model, x, tile=8, overlap=DASR_RADIUS)
+    assert tiled.shape == full.shape == (1, 3, 120, 148)
+    assert (tiled - full).abs().max() <= 1e-3
+    assert (predict(model, x, tile=8, overlap=2) - full).abs().max() > 1e-3   # too little context
+
+
+@torch.no_grad()
+def test_cdsr_per_tile_pooling_deviates_and_whole_image_mode_is_exact():
+    model, x = tiny("cdsr", gamma=1.0), lr_image(30, 37, seed=1)
+    full = model(x)
+    per_tile = predict(model, x, tile=8, overlap=40)        # every tile sees nearly the whole image
+    small_tiles = predict(model, x, tile=8, overlap=3)
+    faithful = predict(model, x, tile=8, overlap=0, global_stats=True)
+    deviation = (small_tiles - full).abs().max().item()
+    assert deviation > 0.05, f"per-tile DQA means should change the output, max |diff| {deviation}"
+    assert (faithful - full).abs().max() <= 1e-3
+    assert (per_tile - full).abs().max() <= 1e-3
+    # The deviation comes from the pooled means: with DQA's attention off (gamma 0, its
+    # initial value) per-tile pooling is exact once the overlap covers the receptive field.
+    plain, x = tiny("cdsr", gamma=0.0), lr_image(20, 20, seed=2)
+    radius = 1 + 2 * (4 + 15) + 2          # first conv, 2 blocks, body conv + upsampler conv
+    assert (predict(plain, x, tile=8, overlap=radius) - plain(x)).abs().max() <= 1e-3
+
+
+@torch.no_grad()
+def test_cdsr_whole_image_mode_matches_for_every_block_and_scale():
+    for scale in (2, 3):
+        model, x = tiny("cdsr", scale=scale, gamma=0.5), lr_image(25, 14, seed=scale)
+        embedding = model.embed(x)
+        tiled = model.super_resolve_tiled(x, embedding, tile=7)
+        assert (tiled - model.super_resolve(x, embedding)).abs().max() <= 1e-3
+
+
+@torch.no_grad()
+def test_embedding_comes_from_the_centred_crop():
+    model, x = tiny("dasr"), lr_image(40, 30, seed=3)
+    crop = centre_crop(x, 16)
+    assert crop.shape[-2:] == (16, 16) and torch.equal(crop, x[..., 12:28, 7:23])
+    expected = tiled_super_resolve(model, x, model.embed(crop), tile=12, overlap=4)
+    assert torch.equal(predict(model, x, tile=12, overlap=4, embed_crop=16), expected)
+    assert not torch.allclose(predict(model, x, tile=12, overlap=4), expected)
+
+
+class Identity(nn.Module):
+    scale = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ColumnRamp(nn.Module):
+    """x + column index: not flip-invariant, so the ensemble's mapping back shows."""
+    scale = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(x.shape[-1], dtype=x.dtype, device=x.device)
+
+
+def test_x8_ensemble_of_identity_is_identity():
+    x = lr_image(9, 13, seed=4)
+    assert torch.allclose(predict(Identity(), x, ensemble=True), x, atol=1e-4)
+
+
+def test_x8_ensemble_maps_each_view_back():
+    x = lr_image(9, 13, seed=5)
+    # Over the 8 views the ramp runs along columns, reversed columns, rows, reversed rows
+    # twice each: its mean is the constant ((W-1) + (H-1)) / 4.
+    expected = x + ((13 - 1) + (9 - 1)) / 4
+    assert torch.allclose(predict(ColumnRamp(), x, ensemble=True), expected, atol=1e-4)
+
+
+@torch.no_grad()
+def test_ensemble_and_tiles_together_keep_the_shape():
+    model, x = tiny("dasr", scale=2), lr_image(14, 18, seed=6)
+    out = predict(model, x, ensemble=True, tile=8, overlap=DASR_RADIUS)
+    assert out.shape == (1, 3, 28, 36)
+    assert (out - predict(model, x, ensemble=True)).abs().max() <= 1e-3
+
+
+def test_bad_tile_sizes_are_refused():
+    with pytest.raises(ValueError, match="tile must be > 0"):
+        list(iter_tiles(torch.zeros(1, 1, 4, 4), 0, 1))
