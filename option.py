@@ -158,8 +158,8 @@ def build_test_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("test.py: own images")
     g.add_argument("--input", default=None,
                    help="an LR image or a folder of them to super-resolve (any size; grayscale, "
-                        "RGBA and 16-bit files are read; the output is 8-bit PNG, grayscale for "
-                        "grayscale input, with the alpha channel bicubic-upscaled for RGBA)")
+                        "RGBA and 16-bit files are read) into OUTPUT/<name>.png: 8-bit, grayscale "
+                        "for grayscale input, RGBA with the alpha channel bicubic-upscaled")
     g.add_argument("--output", default=None, help="folder for the SR images of --input")
 
     g = p.add_argument_group("test.py: tiled inference (--chop)")

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import utility
@@ -127,12 +128,12 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     return outputs, losses
 
 
-CHOP_TILE = 128  # LR tile side of --chop (the SR network runs on 128 + 2 * 32 pixel tiles)
-
-
 def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
-    """Keyword arguments of ``model.inference.predict`` from --self_ensemble and --chop."""
-    return {"ensemble": args.self_ensemble, "tile": CHOP_TILE if args.chop else None}
+    """Keyword arguments of ``model.inference.predict`` from test.py's --self_ensemble, --chop,
+    --tile, --tile_overlap, --embed_crop and --tile_pooling."""
+    return {"ensemble": args.self_ensemble, "tile": args.tile if args.chop else None,
+            "overlap": args.tile_overlap, "embed_crop": args.embed_crop or None,
+            "global_stats": args.tile_pooling == "image"}
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -141,14 +142,23 @@ def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test_sets: Sequence[BenchmarkSet], device: torch.device, *,
-             ensemble: bool = False, tile: Optional[int] = None, with_bicubic: bool = False,
-             save_dir: Optional[Path] = None) -> Dict[str, Dict[str, float]]:
+def evaluate(model: nn.Module, test_sets: Sequence[Dataset], device: torch.device, *,
+             with_bicubic: bool = False, save_dir: Optional[Path] = None,
+             **policy) -> Dict[str, Dict[str, float]]:
     """PSNR/SSIM (Y, border = scale) of the model on each set: the only evaluation loop.
 
+    ``test_sets``: datasets with a unique ``name`` whose items are ``{"name": str, "lr": float
+    (3,h,w), "hr": float (3,s*h,s*w)}`` in 0..255, e.g. the fixed-degradation ``BenchmarkSet``s
+    of training validation, or test.py's one set per (dataset, protocol setting), named
+    ``<dataset>/<setting>``. ``policy``: keyword arguments of ``model.inference.predict``
+    (ensemble, tile, overlap, embed_crop, global_stats); none = the authors' eval forward.
+
     Returns ``{set name: {"psnr", "ssim"[, "bicubic_psnr", "bicubic_ssim"]}}`` (means over
-    images). With ``save_dir``, SR images are written to ``save_dir/<set>/<name>.png``.
+    images). With ``save_dir``, SR images are written to ``save_dir/<set name>/<image>.png``.
     """
+    names = [test_set.name for test_set in test_sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"evaluation sets need distinct names, got {names}")
     was_training = model.training
     model.eval()
     results = {}
@@ -156,7 +166,7 @@ def evaluate(model: nn.Module, test_sets: Sequence[BenchmarkSet], device: torch.
         scores: Dict[str, List[float]] = {}
         for item in tqdm(test_set, desc=f"eval {test_set.name}", leave=False, disable=None):
             lr, hr = item["lr"][None].to(device), item["hr"][None]
-            sr = predict(model, lr, ensemble=ensemble, tile=tile).cpu()
+            sr = predict(model, lr, **policy).cpu()
             outputs = {"": sr, "bicubic_": bicubic_upscale(lr, model.scale).cpu()} if with_bicubic else {"": sr}
             for prefix, image in outputs.items():
                 scores.setdefault(prefix + "psnr", []).append(

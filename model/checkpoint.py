@@ -1,7 +1,8 @@
 """Checkpoints: our format, the authors' raw state dicts, atomic saving and strict loading.
 
 Our format is a dict ``{'format': 'cdsr-framework/1', 'model_name', 'scale', 'model' (our
-state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config'}`` saved with ``torch.save``;
+state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs'}`` saved with
+``torch.save`` (files written before 'model_kwargs' existed lack it: read it with ``.get``);
 everything in it must load with ``weights_only=True`` (tensors, numbers, strings, lists, dicts).
 
 The authors' files are raw ``BlindSR.state_dict()``s (keys ``G.*`` and ``E.encoder_q.*``) without
@@ -24,7 +25,8 @@ from torch import nn
 from .dasr import DIV2K_RGB_MEAN, div2k_mean_255
 
 FORMAT = "cdsr-framework/1"
-OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch", "phase", "config")
+OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch", "phase", "config",
+              "model_kwargs")
 _REQUIRED_FIELDS = ("model_name", "scale", "model")
 _LEAVES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
 _KEY_ENCODER = "encoder.key_encoder."
@@ -353,7 +355,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     """Write our format atomically. Fields: model_name, scale, model (state dict) required;
-    optimizer, scheduler, epoch, phase, config optional (default None)."""
+    optimizer, scheduler, epoch, phase, config optional (default None); model_kwargs optional:
+    constructor keywords other than scale (e.g. a small test model's widths), which readers
+    pass to ``build_model`` (None = the paper-size model)."""
     unknown = sorted(set(fields) - set(OUR_FIELDS))
     missing = [f for f in _REQUIRED_FIELDS if f not in fields]
     if unknown or missing:
@@ -362,7 +366,7 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     record = {"format": FORMAT, **{f: fields.get(f) for f in OUR_FIELDS}}
     record["model_name"] = _model_name(record["model_name"])
     record["scale"] = int(record["scale"])
-    for field in ("config", "phase", "epoch"):
+    for field in ("config", "phase", "epoch", "model_kwargs"):
         _check_plain(record[field], field)
     atomic_torch_save(record, path)
 
