@@ -31,8 +31,15 @@ def _resume_value(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags end with one line, ``error: ...``, and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         description="Train and evaluate CDSR / DASR blind super-resolution.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -104,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_decay_encoder", type=int, default=60, help="pre-training lr step (epochs)")
     g.add_argument("--gamma_encoder", type=float, default=0.1, help="pre-training lr decay factor")
     g.add_argument("--lr_sr", type=float, default=5e-4, help="joint/freeze learning rate")
-    g.add_argument("--lr_decay_sr", type=int, default=125, help="joint/freeze lr step (epochs)")
+    g.add_argument("--lr_decay_sr", type=int, default=2, help="joint/freeze lr step (epochs)")
     g.add_argument("--gamma_sr", type=float, default=0.5, help="joint/freeze lr decay factor")
     g.add_argument("--loss", default="1*L1", help="reconstruction loss, e.g. '1*L1' or '1*L1+0.5*MSE'")
     g.add_argument("--c_weight", type=float, default=1.0, help="weight of the contrastive loss")
@@ -120,7 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_only", action="store_true", help="only evaluate --pre_train on --data_test")
     g.add_argument("--save_results", action="store_true", help="write SR images of the evaluation")
     g.add_argument("--self_ensemble", action="store_true", help="x8 flip/rotation ensemble at test time")
-    g.add_argument("--chop", action="store_true", help="tiled inference for large images")
+    g.add_argument("--chop", action="store_true",
+                   help="tiled inference for large images (embedding once, SR network per tile)")
+
+    g = p.add_argument_group("tiled inference (--chop)")
+    g.add_argument("--tile", type=int, default=128,
+                   help="with --chop: LR tile side; only the SR network runs per tile")
+    g.add_argument("--tile_overlap", type=int, default=32,
+                   help="with --chop: LR pixels of context around each tile (DASR equals the "
+                        "untiled output once this reaches its receptive radius, 109 at paper size)")
+    g.add_argument("--embed_crop", type=int, default=512,
+                   help="with --chop: the degradation embedding is estimated once, on the centred "
+                        "square of this LR side (0 = the whole image), so memory stays bounded")
+    g.add_argument("--tile_pooling", choices=("tile", "image"), default="tile",
+                   help="with --chop, CDSR only: its DQA layers pool each feature map over "
+                        "'tile' (bounded memory, output deviates from untiled) or 'image' (exact: "
+                        "two passes per block keep the whole-image means; holds three 64-channel "
+                        "LR-size feature maps)")
     return p
 
 
@@ -162,20 +185,6 @@ def build_test_parser() -> argparse.ArgumentParser:
                         "for grayscale input, RGBA with the alpha channel bicubic-upscaled")
     g.add_argument("--output", default=None, help="folder for the SR images of --input")
 
-    g = p.add_argument_group("test.py: tiled inference (--chop)")
-    g.add_argument("--tile", type=int, default=128,
-                   help="with --chop: LR tile side; only the SR network runs per tile")
-    g.add_argument("--tile_overlap", type=int, default=32,
-                   help="with --chop: LR pixels of context around each tile (DASR equals the "
-                        "untiled output once this reaches its receptive radius, 109 at paper size)")
-    g.add_argument("--embed_crop", type=int, default=512,
-                   help="with --chop: the degradation embedding is estimated once, on the centred "
-                        "square of this LR side (0 = the whole image), so memory stays bounded")
-    g.add_argument("--tile_pooling", choices=("tile", "image"), default="tile",
-                   help="with --chop, CDSR only: its DQA layers pool each feature map over "
-                        "'tile' (bounded memory, output deviates from untiled) or 'image' (exact: "
-                        "two passes per block keep the whole-image means; holds three 64-channel "
-                        "LR-size feature maps)")
     return p
 
 
@@ -210,13 +219,34 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--lambda_min {args.lambda_min} is larger than --lambda_max {args.lambda_max}")
     if args.blur_kernel % 2 == 0:
         raise ValueError(f"--blur_kernel must be odd, got {args.blur_kernel}")
+    for flag, value, least in (("--tile", args.tile, 1), ("--tile_overlap", args.tile_overlap, 0),
+                               ("--embed_crop", args.embed_crop, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
     if args.n_threads < 0:
         raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
-    if getattr(args, "input", None) and not args.output:
-        raise ValueError("--input needs --output, the folder for the SR images")
     if args.queue_size < args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is smaller than --batch_size "
                          f"{args.batch_size}; MoCo enqueues a whole batch of keys per step")
+
+
+def validate_test(args: argparse.Namespace) -> None:
+    """ValueError for test.py options that are out of range or contradict each other."""
+    if args.input and not args.output:
+        raise ValueError("--input needs --output, the folder for the SR images")
+    if args.input and args.protocol:
+        raise ValueError("--input super-resolves your images; --protocol scores benchmark sets: use one")
+    if not args.protocol:
+        for flag, value in (("--protocol_noise", args.protocol_noise), ("--testsets", args.testsets)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --protocol")
+    elif args.noise:
+        raise ValueError("--noise sets the single fixed test degradation; with --protocol use "
+                         "--protocol_noise")
+    if args.protocol_noise is not None and args.protocol_noise < 0:
+        raise ValueError(f"--protocol_noise must be >= 0, got {args.protocol_noise}")
+    if args.figure_images and not args.save_results:
+        raise ValueError("--figure_images needs --save_results (figures are drawn from the saved SR images)")
 
 
 def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argparse.Namespace:
@@ -225,6 +255,8 @@ def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argpa
     args = _parse_with_preset(parser, argv, test)
     try:
         validate(args)
+        if test:
+            validate_test(args)
     except ValueError as error:
         parser.error(str(error))
     return args

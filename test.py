@@ -15,30 +15,25 @@ import argparse
 import csv
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 import option
 import utility
-from data import build_test_sets, test_root
-from data.benchmark import modcrop, named_files
-from data.images import list_images, read_image, to_image, to_rgb_uint8, to_tensor, write_png
-from data.protocols import Setting, find_hr_dir, protocol_settings, read_testset
-from data.sample_photos import held_out_photos
+from data import build_eval_rows
+from data.images import list_images, read_image, read_image_and_alpha, to_image, to_tensor, write_png_like
+from data.protocol_sets import Row
+from data.protocols import Setting
 from model import build_model
 from model.checkpoint import detect_format, infer_authors_model, load_weights, read_checkpoint
 from model.inference import predict
 from trainer import bicubic_upscale, evaluate, inference_policy
 
-PROTOCOL_SEED = 0    # noise seed of on-the-fly protocol sets: scripts/make_testsets.py's default
 FIGURE_CROP = 128    # HR side of the crops in the comparison figures
 Metrics = Dict[str, float]
-ImageSource = Union[Path, np.ndarray]
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
@@ -61,61 +56,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     return model.to(device).eval()
 
 
-def check_test_options(args: argparse.Namespace) -> None:
-    """ValueError for test.py options that contradict each other."""
-    for flag, value, least in (("--tile", args.tile, 1), ("--tile_overlap", args.tile_overlap, 0),
-                               ("--embed_crop", args.embed_crop, 0)):
-        if value < least:
-            raise ValueError(f"{flag} must be >= {least}, got {value}")
-    if args.input and args.protocol:
-        raise ValueError("--input super-resolves your images; --protocol scores benchmark sets: use one")
-    if not args.protocol:
-        for flag, value in (("--protocol_noise", args.protocol_noise), ("--testsets", args.testsets)):
-            if value is not None:
-                raise ValueError(f"{flag} needs --protocol")
-    elif args.noise:
-        raise ValueError("--noise sets the single fixed test degradation; with --protocol use "
-                         "--protocol_noise")
-    if args.protocol_noise is not None and args.protocol_noise < 0:
-        raise ValueError(f"--protocol_noise must be >= 0, got {args.protocol_noise}")
-    if args.figure_images and not args.save_results:
-        raise ValueError("--figure_images needs --save_results (figures are drawn from the saved SR images)")
-
-
 # ------------------------------------------------------------------------------- own images
-def read_input(path: Path) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
-    """An image file -> (uint8 (H,W,3) RGB, uint8 (H,W) alpha or None, was grayscale).
-    16-bit samples are scaled to 8 bits (``data.images`` convention)."""
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:                       # missing, corrupt, or a format only imageio reads
-        return read_image(path), None, False
-    gray = raw.ndim == 2 or raw.shape[2] == 1
-    alpha = None
-    if raw.ndim == 3 and raw.shape[2] == 4:
-        raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA)
-        alpha = to_rgb_uint8(raw[:, :, 3], str(path))[:, :, 0]
-    elif raw.ndim == 3 and raw.shape[2] == 3:
-        raw = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-    return to_rgb_uint8(raw, str(path)), alpha, gray
-
-
-def write_output(path: Path, sr: np.ndarray, alpha: Optional[np.ndarray], gray: bool) -> None:
-    """uint8 (H,W,3) SR -> PNG: one channel (the mean) for grayscale input, RGBA with the
-    alpha channel bicubic-upscaled to the SR size when the input had one."""
-    if not (gray or alpha is not None):
-        return write_png(path, sr)
-    if gray:
-        image = np.round(sr.astype(np.float64).mean(axis=2)).astype(np.uint8)
-    else:
-        size = (sr.shape[1], sr.shape[0])
-        image = np.dstack([cv2.cvtColor(sr, cv2.COLOR_RGB2BGR),
-                           cv2.resize(alpha, size, interpolation=cv2.INTER_CUBIC)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cannot write {path}")
-
-
 @torch.no_grad()
 def super_resolve_files(model: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
     """Each image of --input (file or folder) -> OUTPUT/<stem>.png, s times larger."""
@@ -131,101 +72,13 @@ def super_resolve_files(model: nn.Module, args: argparse.Namespace, device: torc
         if (output / f"{path.stem}.png").resolve() == path.resolve():
             raise ValueError(f"--output {output} would overwrite the input {path}; choose another folder")
     for path in files:
-        rgb, alpha, gray = read_input(path)
+        rgb, alpha, gray = read_image_and_alpha(path)
         lr = to_tensor(rgb)[None].to(device)
         sr = to_image(predict(model, lr, **inference_policy(args)))
         target = output / f"{path.stem}.png"
-        write_output(target, sr, alpha, gray)
+        write_png_like(target, sr, alpha, gray)
         kind = "grayscale" if gray else "RGBA" if alpha is not None else "RGB"
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]} {kind}) -> {target} ({sr.shape[1]}x{sr.shape[0]})")
-
-
-# ------------------------------------------------------------------------------- test sets
-class SettingSet(Dataset):
-    """One dataset under one protocol setting; items ``{"name", "lr" (3,h,w), "hr" (3,s*h,s*w)}``
-    float 0..255. The LR is ``setting.degrade`` of the HR (noise seeded from PROTOCOL_SEED, the
-    image and the setting, so it equals scripts/make_testsets.py's files) unless ``lr_images``
-    (uint8 arrays read from a test-set folder) are given."""
-
-    def __init__(self, dataset: str, setting: Setting, images: Sequence[Tuple[str, ImageSource]],
-                 lr_images: Optional[Sequence[np.ndarray]] = None) -> None:
-        self.name = f"{dataset}/{setting.label}"
-        self.dataset = dataset
-        self.setting = setting
-        self.images = list(images)
-        self.lr_images = None if lr_images is None else list(lr_images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> Dict[str, object]:
-        name, source = self.images[index]
-        hr = modcrop(read_image(source) if isinstance(source, Path) else source, self.setting.scale)
-        if self.lr_images is None:
-            lr = self.setting.degrade(hr, seed=PROTOCOL_SEED, image_name=name)
-        else:
-            lr = self.lr_images[index]
-        if (lr.shape[0] * self.setting.scale, lr.shape[1] * self.setting.scale) != hr.shape[:2]:
-            raise ValueError(f"{self.name}/{name}: LR {lr.shape[:2]} is not HR {hr.shape[:2]} / "
-                             f"{self.setting.scale}")
-        return {"name": name, "lr": to_tensor(lr), "hr": to_tensor(hr)}
-
-
-class Row(NamedTuple):
-    """One evaluated set: table row (setting label), column (dataset) and the set itself."""
-    label: str
-    dataset: str
-    test_set: Dataset
-
-
-def hr_images(args: argparse.Namespace) -> Dict[str, List[Tuple[str, ImageSource]]]:
-    """HR images per --data_test dataset (the held-out sample photos without a test root)."""
-    if args.dir_data is None and args.test_path is None:
-        return {"photos": list(held_out_photos().items())}
-    return {name: named_files(list_images(find_hr_dir(test_root(args), name, args.scale)))
-            for name in args.data_test.split("+")}
-
-
-def read_protocol_sets(root: Path, dataset: str, settings: Sequence[Setting]) -> List[SettingSet]:
-    """The settings' sets of ``dataset`` from ROOT/<protocol>/<dataset>_x<scale>/."""
-    protocol, scale = settings[0].protocol, settings[0].scale
-    set_dir = Path(root) / protocol / f"{dataset}_x{scale}"
-    grouped: Dict[str, list] = {}
-    for pair in read_testset(set_dir, sorted({s.folder for s in settings})):
-        grouped.setdefault(pair.setting.label, []).append(pair)
-    missing = [s.label for s in settings if s.label not in grouped]
-    if missing:
-        raise FileNotFoundError(
-            f"{set_dir} lacks the LR images of {', '.join(missing)}; write them with python "
-            f"scripts/make_testsets.py --protocol {protocol} --name {dataset} --scale {scale} --out {root} "
-            "--hr_dir HR_FOLDER")
-    return [SettingSet(dataset, s, [(p.name, p.hr) for p in grouped[s.label]],
-                       [p.lr for p in grouped[s.label]]) for s in settings]
-
-
-def fixed_label(args: argparse.Namespace) -> str:
-    """Row label of the single fixed degradation of the flags."""
-    if args.blur_type == "iso_gaussian":
-        blur = f"iso sig {args.sig:g}"
-    else:
-        blur = f"aniso {args.lambda_1:g}/{args.lambda_2:g} theta {args.theta:g}"
-    return f"{args.degradation} {blur}" + (f" noise {args.noise:g}" if args.noise else "")
-
-
-def build_rows(args: argparse.Namespace) -> List[Row]:
-    """The (setting, dataset) sets to score, in table order (args has the checkpoint's scale)."""
-    if not args.protocol:
-        label = fixed_label(args)
-        return [Row(label, s.name, s) for s in build_test_sets(args)]
-    settings = protocol_settings(args.protocol, args.scale, args.protocol_noise)
-    if args.testsets:
-        per_dataset = {name: read_protocol_sets(Path(args.testsets), name, settings)
-                       for name in args.data_test.split("+")}
-    else:
-        per_dataset = {name: [SettingSet(name, s, images) for s in settings]
-                       for name, images in hr_images(args).items()}
-    return [Row(s.label, name, sets[i]) for i, s in enumerate(settings)
-            for name, sets in per_dataset.items()]
 
 
 # ------------------------------------------------------------------------------- reports
@@ -368,14 +221,13 @@ def plot_comparisons(run_dir: Path, rows: Sequence[Row], save_dir: Path, scale: 
 # ------------------------------------------------------------------------------- main
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = option.parse_args(argv, test=True)
-    check_test_options(args)
     utility.setup_logging()
     device = utility.select_device(args.cpu)
     model = load_model(args, device)
     if args.input:
         return super_resolve_files(model, args, device)
     resolved = argparse.Namespace(**{**vars(args), "model": model.name, "scale": model.scale})
-    rows = build_rows(resolved)
+    rows = build_eval_rows(resolved)
     run_dir = utility.prepare_run_dir("experiment", args.save, resume=False)
     save_dir = run_dir / "results" if args.save_results else None
     results = evaluate(model, [row.test_set for row in rows], device, with_bicubic=True,

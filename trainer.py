@@ -129,8 +129,8 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
 
 
 def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
-    """Keyword arguments of ``model.inference.predict`` from test.py's --self_ensemble, --chop,
-    --tile, --tile_overlap, --embed_crop and --tile_pooling."""
+    """Keyword arguments of ``model.inference.predict`` from --self_ensemble, --chop, --tile,
+    --tile_overlap, --embed_crop and --tile_pooling."""
     return {"ensemble": args.self_ensemble, "tile": args.tile if args.chop else None,
             "overlap": args.tile_overlap, "embed_crop": args.embed_crop or None,
             "global_stats": args.tile_pooling == "image"}
@@ -262,7 +262,8 @@ class Trainer:
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
-            return evaluate(self.model, self.test_sets, self.device, with_bicubic=True)
+            return evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
+                            **inference_policy(self.args))
         metrics: Dict[str, Dict[str, float]] = {}
         for epoch in range(self.start_epoch, last + 1):
             phase = phase_of(self.phases, epoch)
@@ -298,7 +299,8 @@ class Trainer:
                               f"lr {lr_now:g} | {timer.elapsed() / it:.2f} s/it")
 
     def validate(self, epoch: int) -> Dict[str, Dict[str, float]]:
-        metrics = evaluate(self.model, self.test_sets, self.device, with_bicubic=True)
+        metrics = evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
+                           **inference_policy(self.args))
         first = metrics[self.test_sets[0].name]["psnr"]
         if first > self.best_psnr:
             self.best_psnr = first

@@ -89,6 +89,8 @@ def run_cli(main: Callable[[], None]) -> int:
     """
     try:
         main()
+    except SystemExit as exit_request:  # argparse has already printed its one line
+        return exit_request.code
     except KeyboardInterrupt:
         print("interrupted; the last finished epoch is saved (continue with --resume)", file=sys.stderr)
         return 130

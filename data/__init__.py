@@ -1,7 +1,7 @@
 """Data builders: the only place in ``data/`` that reads command-line options."""
 import argparse
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -10,7 +10,8 @@ from data.benchmark import BenchmarkSet, named_files
 from data.degradation import make_fixed_degradation, make_training_degradation
 from data.hr_folder import PatchPairs, folder_sources
 from data.images import ImageError, list_images
-from data.protocols import find_hr_dir
+from data.protocol_sets import Row, SettingSet, protocol_rows, read_protocol_sets
+from data.protocols import find_hr_dir, protocol_settings
 from data.sample_photos import held_out_photos, training_photos
 
 def training_folders(args: argparse.Namespace) -> List[Path]:
@@ -77,14 +78,41 @@ def test_root(args: argparse.Namespace) -> Path:
     return Path(args.dir_data) / "benchmark"
 
 
-def build_test_sets(args: argparse.Namespace) -> List[BenchmarkSet]:
-    """The ``--data_test`` sets (or the held-out sample photos without ``--dir_data``/``--test_path``)."""
-    degrade = build_eval_degradation(args)
+def hr_images(args: argparse.Namespace) -> Dict[str, List[Tuple[str, object]]]:
+    """(name, path or array) HR images per ``--data_test`` set; the held-out sample photos
+    (one set, 'photos') without ``--dir_data``/``--test_path``."""
     if args.dir_data is None and args.test_path is None:
-        photos = held_out_photos()
-        return [BenchmarkSet("photos", list(photos.items()), args.scale, degrade, args.seed)]
-    sets = []
-    for name in args.data_test.split("+"):
-        folder = find_hr_dir(test_root(args), name, args.scale)
-        sets.append(BenchmarkSet(name, named_files(list_images(folder)), args.scale, degrade, args.seed))
-    return sets
+        return {"photos": list(held_out_photos().items())}
+    return {name: named_files(list_images(find_hr_dir(test_root(args), name, args.scale)))
+            for name in args.data_test.split("+")}
+
+
+def build_test_sets(args: argparse.Namespace) -> List[BenchmarkSet]:
+    """The ``--data_test`` sets under the fixed evaluation degradation (training validation)."""
+    degrade = build_eval_degradation(args)
+    return [BenchmarkSet(name, images, args.scale, degrade, args.seed)
+            for name, images in hr_images(args).items()]
+
+
+def fixed_label(args: argparse.Namespace) -> str:
+    """Table row label of the fixed evaluation degradation."""
+    if args.blur_type == "iso_gaussian":
+        blur = f"iso sig {args.sig:g}"
+    else:
+        blur = f"aniso {args.lambda_1:g}/{args.lambda_2:g} theta {args.theta:g}"
+    return f"{args.degradation} {blur}" + (f" noise {args.noise:g}" if args.noise else "")
+
+
+def build_eval_rows(args: argparse.Namespace) -> List[Row]:
+    """test.py's sets in table order: every ``--protocol`` setting of every ``--data_test``
+    set (generated on the fly, or read from ``--testsets``), or the fixed degradation."""
+    if not args.protocol:
+        return [Row(fixed_label(args), s.name, s) for s in build_test_sets(args)]
+    settings = protocol_settings(args.protocol, args.scale, args.protocol_noise)
+    if args.testsets:
+        per_dataset = {name: read_protocol_sets(Path(args.testsets), name, settings)
+                       for name in args.data_test.split("+")}
+    else:
+        per_dataset = {name: [SettingSet(name, s, images) for s in settings]
+                       for name, images in hr_images(args).items()}
+    return protocol_rows(settings, per_dataset)

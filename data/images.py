@@ -6,7 +6,7 @@ is dropped (the colour channels of a straight-alpha PNG are the image), 16-bit i
 scaled to 8 bits with rounding.
 """
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -77,6 +77,35 @@ def _read_with_imageio(path: Path):
     except Exception:  # imageio raises plugin-specific types for undecodable files
         return None
     return image
+
+
+def read_image_and_alpha(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
+    """An image file -> (uint8 (H,W,3) RGB as :func:`read_image` gives it, uint8 (H,W) alpha or
+    None, whether the file was grayscale), so an SR result can be written in the input's kind."""
+    path = Path(path)
+    rgb = read_image(path)
+    raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None:                       # read by imageio: treat as plain RGB
+        return rgb, None, False
+    alpha = to_rgb_uint8(raw[:, :, 3], str(path))[:, :, 0] if raw.ndim == 3 and raw.shape[2] == 4 else None
+    return rgb, alpha, raw.ndim == 2 or raw.shape[2] == 1
+
+
+def write_png_like(path: PathLike, image: np.ndarray, alpha: Optional[np.ndarray], gray: bool) -> None:
+    """uint8 (H,W,3) RGB -> PNG of the input's kind: one channel (the mean) for a grayscale
+    input, RGBA with ``alpha`` bicubic-resized to the image size when given, else RGB."""
+    if gray:
+        image = np.round(image.astype(np.float64).mean(axis=2)).astype(np.uint8)
+    elif alpha is not None:
+        size = (image.shape[1], image.shape[0])
+        image = np.dstack([image, cv2.resize(alpha, size, interpolation=cv2.INTER_CUBIC)])
+    else:
+        return write_png(path, image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = image if gray else cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+    if not cv2.imwrite(str(path), bgr):
+        raise ImageError(f"cannot write {path}")
 
 
 def write_png(path: PathLike, image: np.ndarray) -> None:
