@@ -5,6 +5,7 @@ Everything the framework reads goes through :func:`read_image`, which returns on
 is dropped (the colour channels of a straight-alpha PNG are the image), 16-bit images are
 scaled to 8 bits with rounding.
 """
+import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -73,10 +74,11 @@ def _read_with_imageio(path: Path):
     """First frame as an RGB(A)/gray array, or None when imageio cannot decode it either."""
     import imageio.v3 as iio
     try:
-        image = iio.imread(path, index=0)
+        with warnings.catch_warnings():  # probing legacy plugins (e.g. DICOM) warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return iio.imread(path, index=0)
     except Exception:  # imageio raises plugin-specific types for undecodable files
         return None
-    return image
 
 
 def read_image_and_alpha(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
