@@ -25,7 +25,7 @@ import option
 import utility
 from data import build_eval_rows
 from data.images import list_images, read_image, read_image_and_alpha, to_image, to_tensor, write_png_like
-from data.protocol_sets import Row
+from data.testsets import Row
 from data.protocols import Setting
 from model import build_model
 from model.checkpoint import detect_format, infer_authors_model, load_weights, read_checkpoint

@@ -10,8 +10,8 @@ from data.benchmark import BenchmarkSet, named_files
 from data.degradation import make_fixed_degradation, make_training_degradation
 from data.hr_folder import PatchPairs, folder_sources
 from data.images import ImageError, list_images
-from data.protocol_sets import Row, SettingSet, protocol_rows, read_protocol_sets
-from data.protocols import find_hr_dir, protocol_settings
+from data.protocols import protocol_settings
+from data.testsets import Row, SettingSet, find_hr_dir, protocol_rows, read_protocol_sets
 from data.sample_photos import held_out_photos, training_photos
 
 def training_folders(args: argparse.Namespace) -> List[Path]:

@@ -1,4 +1,4 @@
-"""Published blind-SR test protocols as data, and the test-set folders made from them.
+"""Published blind-SR test protocols as data (test-set folders: ``data/testsets.py``).
 
 Protocols (``protocol_settings(name, scale)`` lists their settings):
 
@@ -23,33 +23,26 @@ Protocols (``protocol_settings(name, scale)`` lists their settings):
   MATLAB-exact ``imresize``; DASR's clamped variant would change the border rows by a few grey
   levels).
 
-A test set ``OUT/<protocol>/<name>_x<s>/`` holds ``HR_si/{image}.png`` (HR cropped to a multiple
-of s), ``LR_mode0_noise<n>/{image}_{suffix}.png``, for spatially variant modes ``HR_sv/`` and
-``LR_mode<k>_noise<n>/{image}.png``, and ``manifest.json``. Noise is seeded from (seed, image name,
-setting label), so every LR image is reproducible whatever the order or subset.
+Noise is seeded from (seed, image name, setting label), so every LR image is reproducible
+whatever the order or subset.
 """
 import hashlib
-import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.benchmark import modcrop
 from data.degradation import FixedDegradation, add_noise, blur, make_fixed_degradation, quantize
-from data.images import IMAGE_SUFFIXES, list_images, read_image, to_image, to_tensor, write_png
+from data.images import to_image, to_tensor
 from data.kernels import dasr_isotropic_kernel
 from data.resize import bicubic_downsample, decimate
 from data.spatially_variant import SV_MODES, spatially_variant_blur, sv_kernels
 
-__all__ = ["PROTOCOLS", "Setting", "ProtocolPair", "protocol_settings", "modcrop", "find_hr_dir",
-           "write_testset", "read_testset", "fixed_degradation"]
+__all__ = ["PROTOCOLS", "Setting", "ProtocolPair", "protocol_settings", "fixed_degradation"]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +55,6 @@ DASR_ANISO_KERNELS = ((2.0, 0.2, 0.0), (2.0, 1.0, 10.0), (3.5, 1.5, 30.0), (3.5,
                       (4.0, 1.5, 120.0), (4.0, 2.0, 135.0), (4.0, 3.0, 165.0), (4.0, 4.0, 180.0))
 GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
 KERNEL_SIZE = 21
-MANIFEST = "manifest.json"
-FORMAT = "cdsr-framework-testset/1"
 NOTES = {
     "cdsr": "MANet/CDSR convention on [0,1] float32 HR, quantised round(x*255); sig1/sig2 are "
             "variances, theta radians (file names print it with one decimal, pi/4 -> 0.8). Noise-free "
@@ -185,7 +176,7 @@ _PIPELINES = {"manet": _manet_pipeline, "manet-sv": _manet_sv_pipeline, "dasr": 
 
 
 # ----------------------------------------------------------------------------- settings
-def _noise_tag(noise: float) -> str:
+def noise_tag(noise: float) -> str:
     return f"_n{noise:g}" if noise > 0 else ""
 
 
@@ -200,44 +191,44 @@ def _cdsr_kernels(scale: int) -> list[tuple[float, float, float]]:
     return out
 
 
-def _base(convention: str, scale: int, noise: float, pad: str, downsample: str) -> dict:
+def base_params(convention: str, scale: int, noise: float, pad: str, downsample: str) -> dict:
     return {"convention": convention, "scale": scale, "kernel_size": KERNEL_SIZE, "pad": pad,
             "downsample": downsample, "noise": noise}
 
 
 def _settings_at(protocol: str, scale: int, noise: float) -> list[Setting]:
-    folder, tag = f"LR_mode0_noise{noise:g}", _noise_tag(noise)
+    folder, tag = f"LR_mode0_noise{noise:g}", noise_tag(noise)
     out = []
     if protocol == "cdsr":
         for sig1, sig2, theta in _cdsr_kernels(scale):
             suffix = f"{sig1:.1f}_{sig2:.1f}_{theta:.1f}"
-            params = {**_base("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
+            params = {**base_params("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
                       "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
             out.append(Setting(protocol, suffix + tag, scale, noise, params, folder, suffix))
     elif protocol == "dasr-iso":
         for sigma in DASR_ISO_SIGMAS[scale]:
-            params = {**_base("dasr", scale, noise, "reflect", "matlab_bicubic"),
+            params = {**base_params("dasr", scale, noise, "reflect", "matlab_bicubic"),
                       "blur": "iso" if sigma > 0 else "none", "sigma_std": sigma}
             out.append(Setting(protocol, f"sig{sigma:.1f}{tag}", scale, noise, params, folder, f"sig{sigma:.1f}"))
     elif protocol == "dasr-aniso":
         for lambda_1, lambda_2, theta in DASR_ANISO_KERNELS:
             suffix = f"l{lambda_1:.1f}_l{lambda_2:.1f}_t{theta:.0f}"
-            params = {**_base("dasr", scale, noise, "reflect", "matlab_bicubic"), "blur": "aniso",
+            params = {**base_params("dasr", scale, noise, "reflect", "matlab_bicubic"), "blur": "aniso",
                       "lambda_1_std": lambda_1, "lambda_2_std": lambda_2, "theta_deg": theta}
             out.append(Setting(protocol, suffix + tag, scale, noise, params, folder, suffix))
     else:
         for sigma in np.linspace(*GAUSSIAN8_RANGE[scale], 8):
             sigma = round(float(sigma), 10)  # 2.0, not 2.0000000000000004
-            params = {**_base("ikc", scale, noise, "reflect", "matlab_bicubic_mirror"), "blur": "iso",
+            params = {**base_params("ikc", scale, noise, "reflect", "matlab_bicubic_mirror"), "blur": "iso",
                       "sigma_std": sigma}
             out.append(Setting(protocol, f"sig{sigma:.2f}{tag}", scale, noise, params, folder, f"sig{sigma:.2f}"))
     return out
 
 
 def _sv_setting(mode: int, scale: int, noise: float) -> Setting:
-    params = {**_base("manet-sv", scale, noise, "replicate", "decimate"), "blur": "aniso",
+    params = {**base_params("manet-sv", scale, noise, "replicate", "decimate"), "blur": "aniso",
               "sv_mode": mode, "block": 40, "domain": "unit"}
-    return Setting("cdsr", f"sv{mode}{_noise_tag(noise)}", scale, noise, params,
+    return Setting("cdsr", f"sv{mode}{noise_tag(noise)}", scale, noise, params,
                    f"LR_mode{mode}_noise{noise:g}", "")
 
 
@@ -268,137 +259,3 @@ def protocol_settings(protocol: str, scale: int, noise: Optional[float] = None,
     settings = [s for level in levels for s in _settings_at(protocol, scale, level)]
     sv_noise = 0.0 if noise is None else float(noise)
     return settings + [_sv_setting(mode, scale, sv_noise) for mode in sv_modes]
-
-
-# ----------------------------------------------------------------------------- folders
-def find_hr_dir(root: Path, dataset: str, scale: int) -> Path:
-    """HR folder of ``dataset``: ROOT/D/x<S>/, else ROOT/D/HR/, else ROOT/D/ (the first that
-    holds images). Raises FileNotFoundError naming every folder tried."""
-    tried = [Path(root) / dataset / f"x{scale}", Path(root) / dataset / "HR", Path(root) / dataset]
-    for folder in tried:
-        if folder.is_dir() and any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
-            return folder
-    raise FileNotFoundError(f"no HR images for dataset '{dataset}' at x{scale}: tried "
-                            + ", ".join(str(t) for t in tried))
-
-
-def _setting_record(setting: Setting) -> dict:
-    return {"label": setting.label, "file_suffix": setting.suffix, "noise": setting.noise, "params": setting.params}
-
-
-def _read_manifest(set_dir: Path) -> Optional[dict]:
-    path = set_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete the folder and regenerate it") from error
-
-
-def write_testset(protocol: str, hr_dir: Path, name: str, scale: int, out_root: Path,
-                  noise: Optional[float] = None, seed: int = 0,
-                  sv_modes: Optional[Sequence[int]] = None) -> Path:
-    """Write the LR images of ``protocol`` for every HR image in ``hr_dir``.
-
-    -> the set folder ``out_root/<protocol>/<name>_x<scale>/`` (see module docstring). sv_modes
-    None means (1, 2, 3, 4, 5) for ``cdsr`` on a set named B100 and none otherwise. A second call
-    for other noise levels adds its LR folders to the same manifest; the HR source must match.
-    """
-    if sv_modes is None:
-        sv_modes = (1, 2, 3, 4, 5) if (protocol == "cdsr" and name == "B100") else ()
-    settings = protocol_settings(protocol, scale, noise, sv_modes)
-    files = list_images(hr_dir)
-    set_dir = Path(out_root) / protocol / f"{name}_x{scale}"
-    manifest = _read_manifest(set_dir)
-    source = str(Path(hr_dir).resolve())
-    if manifest is not None and (manifest.get("hr_source") != source or manifest.get("protocol") != protocol):
-        raise ValueError(f"{set_dir} was made from {manifest.get('hr_source')} with protocol "
-                         f"{manifest.get('protocol')}; choose another output folder or delete it")
-    originals = [read_image(path) for path in files]       # every image readable before writing any
-    images = []
-    for path, original in tqdm(list(zip(files, originals)), desc=f"{protocol} {name} x{scale}", leave=False):
-        hr = modcrop(original, scale)
-        images.append({"name": path.stem, "file": path.name, "source_size": list(original.shape[:2]),
-                       "size": list(hr.shape[:2])})
-        for folder in sorted({s.hr_folder for s in settings}):
-            write_png(set_dir / folder / f"{path.stem}.png", hr)
-        for setting in settings:
-            write_png(set_dir / setting.folder / setting.lr_name(path.stem),
-                      setting.degrade(hr, seed=seed, image_name=path.stem))
-    folders = dict(manifest["lr_folders"]) if manifest else {}
-    for setting in settings:
-        folders[setting.folder] = {"seed": seed, "noise": setting.noise, "hr_folder": setting.hr_folder,
-                                   "settings": []}
-    for setting in settings:
-        folders[setting.folder]["settings"].append(_setting_record(setting))
-    manifest = {"format": FORMAT, "protocol": protocol, "name": name, "scale": scale, "hr_source": source,
-                "images": images, "lr_folders": dict(sorted(folders.items())), "notes": NOTES[protocol],
-                "software": {"torch": torch.__version__, "numpy": np.__version__}}
-    (set_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    log.info("wrote %s: %d images x %d settings", set_dir, len(files), len(settings))
-    return set_dir
-
-
-# ----------------------------------------------------------------------------- reading
-_MANET_NAME = re.compile(r"^(?P<image>.+)_(?P<sig1>\d+\.\d)_(?P<sig2>\d+\.\d)_(?P<theta>\d+\.\d)$")
-_LR_FOLDER = re.compile(r"^LR_mode(?P<mode>\d+)_noise(?P<noise>\d+(?:\.\d+)?)$")
-
-
-def _manet_setting(suffix: str, folder: str, scale: int) -> Setting:
-    """Setting of a MANet-script file ``{image}_{sig1}_{sig2}_{theta}.png`` (theta 0.8 = pi/4)."""
-    match = _LR_FOLDER.match(folder)
-    noise = float(match["noise"]) if match else 0.0
-    sig1, sig2, theta = (float(v) for v in suffix.split("_"))
-    theta = math.pi / 4 if theta == 0.8 else theta
-    params = {**_base("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
-              "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
-    return Setting("cdsr", suffix + _noise_tag(noise), scale, noise, params, folder, suffix)
-
-
-def _read_foreign(set_dir: Path, lr_folders: Optional[Sequence[str]]) -> Iterator[ProtocolPair]:
-    """Pairs of a set made by MANet's script: HR_si|HR_sv|HR and LR_mode<k>_noise<n> folders."""
-    folders = lr_folders or sorted(p.name for p in set_dir.iterdir() if p.is_dir() and p.name.startswith("LR"))
-    if not folders:
-        raise FileNotFoundError(f"{set_dir} holds no LR_* folders and no {MANIFEST}")
-    for folder in folders:
-        mode = _LR_FOLDER.match(folder)
-        preferred = ("HR_sv", "HR") if (mode and int(mode["mode"]) > 0) else ("HR_si", "HR")
-        hr_dir = next((set_dir / f for f in preferred if (set_dir / f).is_dir()), None)
-        if hr_dir is None:
-            raise FileNotFoundError(f"no HR folder for {set_dir / folder}: tried {', '.join(preferred)}")
-        for path in list_images(set_dir / folder):
-            match = _MANET_NAME.match(path.stem)
-            image = match["image"] if match else path.stem
-            same_name = hr_dir / path.name                     # an HR copy per LR file, if any
-            hr = read_image(same_name if same_name.is_file() else hr_dir / f"{image}.png")
-            lr = read_image(path)
-            scale = hr.shape[0] // lr.shape[0]
-            if match:
-                setting = _manet_setting(path.stem[len(match["image"]) + 1:], folder, scale)
-            else:
-                setting = Setting("unknown", folder, scale, 0.0, {"convention": "unknown"}, folder, "")
-            yield ProtocolPair(image, setting, lr, hr)
-
-
-def read_testset(set_dir: Path, lr_folders: Optional[Sequence[str]] = None) -> Iterator[ProtocolPair]:
-    """Yield (image name, setting, lr uint8, hr uint8) for a set folder made by ``write_testset``
-    (read through its manifest) or by MANet's ``prepare_testset.py`` (settings parsed from the
-    file names). lr_folders: only these LR folders (default: all)."""
-    set_dir = Path(set_dir)
-    if not set_dir.is_dir():
-        raise FileNotFoundError(f"test set folder {set_dir} does not exist")
-    manifest = _read_manifest(set_dir)
-    if manifest is None:
-        yield from _read_foreign(set_dir, lr_folders)
-        return
-    for folder, entry in manifest["lr_folders"].items():
-        if lr_folders and folder not in lr_folders:
-            continue
-        settings = [Setting(manifest["protocol"], r["label"], manifest["scale"], r["noise"], r["params"],
-                            folder, r["file_suffix"]) for r in entry["settings"]]
-        for image in manifest["images"]:
-            hr = read_image(set_dir / entry["hr_folder"] / f"{image['name']}.png")
-            for setting in settings:
-                lr = read_image(set_dir / folder / setting.lr_name(image["name"]))
-                yield ProtocolPair(image["name"], setting, lr, hr)

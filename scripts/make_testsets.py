@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.protocols import PROTOCOLS, write_testset  # noqa: E402
+from data.protocols import PROTOCOLS  # noqa: E402
+from data.testsets import write_testset  # noqa: E402
 
 
 class _OneLineParser(argparse.ArgumentParser):

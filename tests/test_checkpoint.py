@@ -14,8 +14,9 @@ import model
 from model.checkpoint import (FORMAT, CheckpointError, authors_constants, authors_to_ours,
                               infer_authors_model, load_weights, map_authors_key, map_our_key,
                               ours_to_authors, read_checkpoint, save_checkpoint)
-from test_golden_models import authors_state, golden_model
-from test_models import TINY, images, tiny
+from helpers import TINY, images, tiny
+from scripts.golden.common import authors_state
+from scripts.golden.models import golden_model
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_FILES = [(name, scale) for name in ("cdsr", "dasr") for scale in (2, 4)]

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import model
-from scripts.golden.common import authors_state  # noqa: F401  (test_checkpoint imports it from here)
 from scripts.golden.models import check_model, golden_input, golden_model, model_cases
 
 CASES = [(name, scale) for name in ("cdsr", "dasr") for scale in (2, 4)]

@@ -7,22 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import model
+from helpers import TINY, images, tiny
 from model.moco import MoCo
-
-TINY = {
-    "cdsr": dict(n_feats=8, n_blocks=1, growth=4, embed_dim=16, codebook_size=8, queue_size=16),
-    "dasr": dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16),
-}
-
-
-
-def tiny(name: str, scale: int = 2, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return model.build_model(name, scale=scale, **TINY[name])
-
-
-def images(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 255
 
 
 def test_every_registered_model_has_a_tiny_variant():

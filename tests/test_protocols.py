@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from data.images import read_image, write_png
-from data.protocols import find_hr_dir, protocol_settings, read_testset, write_testset
+from data.protocols import protocol_settings
+from data.testsets import find_hr_dir, read_testset, write_testset
 from scripts import make_testsets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import utility
-from data.protocols import protocol_settings, write_testset
+from helpers import TINY
+from data.protocols import protocol_settings
+from data.testsets import write_testset
 from model import build_model
 from model.checkpoint import ours_to_authors, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"dasr": dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16),
-        "cdsr": dict(n_feats=8, n_blocks=1, growth=4, embed_dim=16, codebook_size=8, queue_size=16)}
 
 
 def load_entry_point():

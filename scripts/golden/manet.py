@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from data.images import list_images, read_image
-from data.protocols import find_hr_dir, write_testset
+from data.testsets import find_hr_dir, write_testset
 
 from .common import GoldenResult, failure
 from .degradations import rounded_results

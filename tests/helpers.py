@@ -1,0 +1,22 @@
+"""Small models and inputs shared by several test files."""
+import torch
+from torch import nn
+
+import model
+
+# Tiny constructor arguments for every registered model (the paper sizes are the defaults).
+TINY = {
+    "cdsr": dict(n_feats=8, n_blocks=1, growth=4, embed_dim=16, codebook_size=8, queue_size=16),
+    "dasr": dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16),
+}
+
+
+def tiny(name: str, scale: int = 2, seed: int = 0) -> nn.Module:
+    """A tiny registered model with weights from ``seed``."""
+    torch.manual_seed(seed)
+    return model.build_model(name, scale=scale, **TINY[name])
+
+
+def images(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Uniform random pixels in 0..255 of the given shape."""
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 255
