@@ -225,7 +225,7 @@ class Trainer:
 
     def save(self, epoch: int) -> None:
         fields = dict(model_name=self.model.name, scale=self.model.scale,
-                      model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                      model_kwargs=self.model.hparams, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                       scheduler=self.scheduler.state_dict(), epoch=epoch, phase=self.phase.name,
                       config=vars(self.args))
         save_checkpoint(self.checkpoint_path("last.pt"), **fields)
@@ -305,7 +305,8 @@ class Trainer:
         if first > self.best_psnr:
             self.best_psnr = first
             save_checkpoint(self.checkpoint_path("best.pt"), model_name=self.model.name,
-                            scale=self.model.scale, model=self.model.state_dict(), epoch=epoch,
+                            scale=self.model.scale, model_kwargs=self.model.hparams,
+                            model=self.model.state_dict(), epoch=epoch,
                             phase=self.phase.name, config=vars(self.args))
         for name, m in metrics.items():
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "

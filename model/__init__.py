@@ -29,5 +29,6 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 
 def make_model(args: Namespace) -> nn.Module:
-    """The paper-size model for ``args.model`` at ``args.scale`` (int); reads nothing else."""
-    return build_model(args.model, scale=int(args.scale))
+    """The paper-size model for ``args.model`` at ``args.scale`` with ``args.queue_size``
+    negatives in its MoCo queue; reads nothing else."""
+    return build_model(args.model, scale=int(args.scale), queue_size=args.queue_size)

@@ -242,7 +242,10 @@ class CDSR(BlindSRModel):
                        temperature=temperature)
         generator = CDSRGenerator(scale=scale, n_feats=n_feats, n_blocks=n_blocks, growth=growth,
                                   embed_dim=embed_dim)
-        super().__init__(scale=scale, encoder=encoder, generator=generator)
+        hparams = dict(n_feats=n_feats, n_blocks=n_blocks, growth=growth, embed_dim=embed_dim,
+                       codebook_size=codebook_size, queue_size=queue_size, momentum=momentum,
+                       temperature=temperature)
+        super().__init__(scale=scale, encoder=encoder, generator=generator, hparams=hparams)
 
     def to_network_range(self, lr: torch.Tensor) -> torch.Tensor:
         return lr / 255.0

@@ -146,4 +146,6 @@ class DASR(BlindSRModel):
                        queue_size=queue_size, momentum=momentum, temperature=temperature)
         generator = DASRGenerator(scale=scale, n_feats=n_feats, n_groups=n_groups,
                                   n_blocks=n_blocks, embed_dim=embed_dim)
-        super().__init__(scale=scale, encoder=encoder, generator=generator)
+        hparams = dict(n_feats=n_feats, n_groups=n_groups, n_blocks=n_blocks, embed_dim=embed_dim,
+                       queue_size=queue_size, momentum=momentum, temperature=temperature)
+        super().__init__(scale=scale, encoder=encoder, generator=generator, hparams=hparams)

@@ -109,9 +109,10 @@ class BlindSRModel(nn.Module):
     min_input_size = 1      # the encoder's smallest H and W
     min_input_reason = ""   # why, for the error message
 
-    def __init__(self, *, scale: int, encoder: MoCo, generator: nn.Module):
+    def __init__(self, *, scale: int, encoder: MoCo, generator: nn.Module, hparams: dict):
         super().__init__()
         self.scale = scale
+        self.hparams = dict(hparams)  # constructor keywords besides scale; checkpoints keep them
         self.generator = generator  # registered first: state-dict order G, E like the authors'
         self.encoder = encoder
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data.images import read_image, write_png
+from model.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,7 @@ def test_short_run_all_phases_then_test_py_upscales_an_image(model, data_root, t
     assert all(f"phase '{p}'" in log for p in ("encoder", "joint", "freeze"))
     assert "Set5: PSNR" in smoke.stdout and "bicubic" in smoke.stdout
     assert (run_dir / "config.json").is_file()
+    assert read_checkpoint(run_dir / "checkpoint/last.pt")["model_kwargs"]["queue_size"] == 8
 
     lr = data_root / "benchmark/Set5/HR/0.png"
     sr = run("test.py", "--pre_train", str(run_dir / "checkpoint/last.pt"), "--input", str(lr),

@@ -22,10 +22,11 @@ def test_registry_is_case_insensitive_and_lists_names_on_error():
         model.build_model("CDRS")
 
 
-def test_make_model_reads_only_model_and_scale():
-    net = model.make_model(argparse.Namespace(model="dasr", scale=3))
+def test_make_model_reads_only_model_scale_and_queue_size():
+    net = model.make_model(argparse.Namespace(model="dasr", scale=3, queue_size=64))
     assert (net.name, net.scale) == ("dasr", 3)
     assert net.generator.upsampler[0].conv.out_channels == 64 * 9
+    assert net.encoder.queue.shape == (256, 64) and net.hparams["queue_size"] == 64
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -51,6 +51,7 @@ def test_all_three_phases_run_and_leave_checkpoints(data_root, tmp_path):
     assert set(metrics) == {"Tiny"} and np.isfinite(metrics["Tiny"]["psnr"])
     last = read_checkpoint(tmp_path / "checkpoint" / "last.pt")
     assert (last["epoch"], last["phase"], last["model_name"]) == (4, "freeze", "dasr")
+    assert {k: last["model_kwargs"][k] for k in TINY_DASR} == TINY_DASR  # test.py rebuilds from these
     assert set(last) >= {"model", "optimizer", "scheduler", "config"}
     assert (tmp_path / "checkpoint" / "best.pt").is_file() and (tmp_path / "psnr.png").is_file()
     assert len((tmp_path / "psnr.csv").read_text().splitlines()) == 1 + 4
