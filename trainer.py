@@ -175,7 +175,7 @@ def evaluate(model: nn.Module, test_sets: Sequence[Dataset], device: torch.devic
                     utility.ssim(image, hr, crop_border=model.scale))
             if save_dir is not None:
                 write_png(Path(save_dir) / test_set.name / f"{item['name']}.png", to_image(sr))
-        results[test_set.name] = {key: utility.mean_finite(values) for key, values in scores.items()}
+        results[test_set.name] = {key: utility.mean_score(values) for key, values in scores.items()}
     model.train(was_training)
     return results
 

@@ -176,8 +176,8 @@ def ssim(sr: Image, hr: Image, *, crop_border: int, y_channel: bool = True) -> f
     return float(np.mean([_ssim_single(sr[..., c], hr[..., c]) for c in range(3)]))
 
 
-def mean_finite(values: Iterable[float]) -> float:
-    """Mean of a list of scores; ``inf`` entries (identical images) are kept as ``inf``."""
+def mean_score(values: Iterable[float]) -> float:
+    """Mean of per-image scores (NaN for none); an ``inf`` PSNR (an identical image) makes it ``inf``."""
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
 
