@@ -1,8 +1,12 @@
 """Small models and inputs shared by several test files."""
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
 import model
+from data.images import write_png
 
 # Tiny constructor arguments for every registered model (the paper sizes are the defaults).
 TINY = {
@@ -20,3 +24,10 @@ def tiny(name: str, scale: int = 2, seed: int = 0) -> nn.Module:
 def images(*shape: int, seed: int = 0) -> torch.Tensor:
     """Uniform random pixels in 0..255 of the given shape."""
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def write_noise_images(folder: Path, sizes, seed: int = 0) -> None:
+    """Random RGB PNGs ``img_000.png, img_001.png, ...`` of the given (height, width) sizes."""
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        write_png(folder / f"img_{i:03d}.png", rng.integers(0, 256, (h, w, 3)).astype(np.uint8))

@@ -8,14 +8,9 @@ import torch
 import option
 from data import build_test_sets, build_train_loader, build_train_set, training_folders
 from data.hr_folder import PatchPairs, random_flip_rotate
-from data.images import ImageError, write_png
+from data.images import ImageError
 from data.sample_photos import held_out_photos, training_photos
-
-
-def _images(folder, sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    for i, (h, w) in enumerate(sizes):
-        write_png(folder / f"img_{i:03d}.png", rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+from helpers import write_noise_images
 
 
 def test_pairs_are_two_patches_of_the_same_image():
@@ -37,14 +32,14 @@ def test_flip_rotate_covers_the_eight_symmetries():
 def test_an_image_smaller_than_the_patch_is_named(tmp_path):
     with pytest.raises(ImageError, match="image 1 is 10x40, smaller than the HR patch 16x16"):
         PatchPairs([np.zeros((20, 20, 3), np.uint8), np.zeros((10, 40, 3), np.uint8)], 16, 4)
-    _images(tmp_path, [(40, 40), (12, 50)])
+    write_noise_images(tmp_path, [(40, 40), (12, 50)])
     from data.hr_folder import folder_sources
     with pytest.raises(ImageError, match="img_001.png is 12x50"):
         PatchPairs(folder_sources([tmp_path]), 16, 4)
 
 
 def test_a_corrupt_training_image_is_named(tmp_path):
-    _images(tmp_path, [(40, 40)])
+    write_noise_images(tmp_path, [(40, 40)])
     (tmp_path / "img_009.png").write_bytes(b"junk")
     from data.hr_folder import folder_sources
     with pytest.raises(ImageError, match="img_009.png"):
@@ -53,7 +48,7 @@ def test_a_corrupt_training_image_is_named(tmp_path):
 
 def test_training_folder_layouts(tmp_path):
     (tmp_path / "DF2K" / "HR").mkdir(parents=True)
-    _images(tmp_path / "DF2K" / "HR", [(40, 40)])
+    write_noise_images(tmp_path / "DF2K" / "HR", [(40, 40)])
     args = argparse.Namespace(dir_data=str(tmp_path), data_train="DF2K")
     assert training_folders(args) == [tmp_path / "DF2K" / "HR"]
     # The CDSR README points --dir_data straight at the HR folder.
@@ -64,7 +59,7 @@ def test_training_folder_layouts(tmp_path):
 
 
 def test_loader_is_seeded(tmp_path):
-    _images(tmp_path / "T", [(60, 60), (50, 70)])
+    write_noise_images(tmp_path / "T", [(60, 60), (50, 70)])
     args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
                              "--batch_size 2 --test_every 3 --n_threads 0 --queue_size 8".split())
     dataset = build_train_set(args)
@@ -92,8 +87,8 @@ def test_test_sets_default_to_the_held_out_photos_and_make_seeded_lr():
 
 
 def test_benchmark_layouts(tmp_path):
-    _images(tmp_path / "Set5" / "HR", [(30, 30)])
-    _images(tmp_path / "Set14", [(31, 33)])
+    write_noise_images(tmp_path / "Set5" / "HR", [(30, 30)])
+    write_noise_images(tmp_path / "Set14", [(31, 33)])
     args = option.parse_args(f"--test_path {tmp_path} --data_test Set5+Set14 --scale 2".split())
     sets = build_test_sets(args)
     assert [s.name for s in sets] == ["Set5", "Set14"]

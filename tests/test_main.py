@@ -3,10 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from data.images import read_image, write_png
+from data.images import read_image
+from helpers import write_noise_images
 from model.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +20,8 @@ def run(script, *argv, cwd):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(1)
-    for folder, count, size in (("DF2K/HR", 2, 40), ("benchmark/Set5/HR", 1, 32)):
-        (root / folder).mkdir(parents=True)
-        for i in range(count):
-            write_png(root / folder / f"{i}.png", rng.integers(0, 256, (size, size, 3)).astype(np.uint8))
+    write_noise_images(root / "DF2K" / "HR", [(40, 40)] * 2, seed=1)
+    write_noise_images(root / "benchmark" / "Set5" / "HR", [(32, 32)], seed=2)
     return root
 
 
@@ -42,11 +39,11 @@ def test_short_run_all_phases_then_test_py_upscales_an_image(model, data_root, t
     assert (run_dir / "config.json").is_file()
     assert read_checkpoint(run_dir / "checkpoint/last.pt")["model_kwargs"]["queue_size"] == 8
 
-    lr = data_root / "benchmark/Set5/HR/0.png"
+    lr = data_root / "benchmark/Set5/HR/img_000.png"
     sr = run("test.py", "--pre_train", str(run_dir / "checkpoint/last.pt"), "--input", str(lr),
              "--output", str(tmp_path / "sr"), "--cpu", cwd=tmp_path)
     assert sr.returncode == 0, sr.stderr
-    assert read_image(tmp_path / "sr/0.png").shape == (64, 64, 3)
+    assert read_image(tmp_path / "sr/img_000.png").shape == (64, 64, 3)
 
 
 def test_bad_data_gives_one_error_line(data_root, tmp_path):

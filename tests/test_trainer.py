@@ -5,10 +5,10 @@ import torch
 
 import option
 from data import build_test_sets
-from data.images import write_png
 from loss import build_loss
 from model import build_model
 from model.checkpoint import read_checkpoint
+from helpers import write_noise_images
 from trainer import Trainer, build_phases
 
 TINY_DASR = dict(n_feats=8, n_groups=1, n_blocks=1, embed_dim=16, queue_size=8)
@@ -17,11 +17,8 @@ TINY_DASR = dict(n_feats=8, n_groups=1, n_blocks=1, embed_dim=16, queue_size=8)
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for folder, count, size in (("Train/HR", 3, 48), ("Tiny", 2, 36)):
-        (root / folder).mkdir(parents=True)
-        for i in range(count):
-            write_png(root / folder / f"{i}.png", rng.integers(0, 256, (size, size + 4, 3)).astype(np.uint8))
+    write_noise_images(root / "Train" / "HR", [(48, 52)] * 3, seed=0)
+    write_noise_images(root / "Tiny", [(36, 40)] * 2, seed=1)
     return root
 
 
