@@ -25,6 +25,7 @@ from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from model.inference import predict
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
+RECORD_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")  # psnr.csv
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,15 @@ class Trainer:
     def checkpoint_path(self, name: str) -> Path:
         return self.run_dir / "checkpoint" / name
 
+    def weights_fields(self, epoch: int) -> Dict[str, object]:
+        """What every checkpoint of this run holds: enough for test.py to rebuild the model."""
+        return dict(model_name=self.model.name, scale=self.model.scale,
+                    model_kwargs=self.model.hparams, model=self.model.state_dict(), epoch=epoch,
+                    phase=self.phase.name, config=vars(self.args))
+
     def save(self, epoch: int) -> None:
-        fields = dict(model_name=self.model.name, scale=self.model.scale,
-                      model_kwargs=self.model.hparams, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                      scheduler=self.scheduler.state_dict(), epoch=epoch, phase=self.phase.name,
-                      config=vars(self.args))
+        fields = dict(self.weights_fields(epoch), optimizer=self.optimizer.state_dict(),
+                      scheduler=self.scheduler.state_dict())
         save_checkpoint(self.checkpoint_path("last.pt"), **fields)
         if self.args.save_models:
             save_checkpoint(self.checkpoint_path(f"epoch_{epoch}.pt"), **fields)
@@ -251,6 +256,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = epoch + 1
+        self.forget_records_after(epoch)
         self.best_psnr = self.best_recorded_psnr()
         self.log.info(f"resumed {path} after epoch {epoch}")
 
@@ -304,10 +310,7 @@ class Trainer:
         first = metrics[self.test_sets[0].name]["psnr"]
         if first > self.best_psnr:
             self.best_psnr = first
-            save_checkpoint(self.checkpoint_path("best.pt"), model_name=self.model.name,
-                            scale=self.model.scale, model_kwargs=self.model.hparams,
-                            model=self.model.state_dict(), epoch=epoch,
-                            phase=self.phase.name, config=vars(self.args))
+            save_checkpoint(self.checkpoint_path("best.pt"), **self.weights_fields(epoch))
         for name, m in metrics.items():
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
                           f"SSIM {m['ssim']:.4f} (bicubic {m['bicubic_psnr']:.2f} dB, "
@@ -315,27 +318,46 @@ class Trainer:
         self.record(epoch, metrics)
         return metrics
 
+    @property
+    def records_path(self) -> Path:
+        return self.run_dir / "psnr.csv"
+
+    def read_records(self) -> List[Dict[str, str]]:
+        """Rows of psnr.csv (epoch, phase, dataset, psnr, ssim, bicubic_psnr); [] when none."""
+        if not self.records_path.exists():
+            return []
+        with open(self.records_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def forget_records_after(self, epoch: int) -> None:
+        """Drop psnr.csv rows of epochs after ``epoch``: a run killed between validating and
+        checkpointing an epoch trains that epoch again on resume and must record it once."""
+        rows = self.read_records()
+        kept = [row for row in rows if int(row["epoch"]) <= epoch]
+        if len(kept) < len(rows):
+            self.write_records(kept, mode="w")
+
+    def write_records(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
+        new = mode == "w" or not self.records_path.exists()
+        with open(self.records_path, mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
     def best_recorded_psnr(self) -> float:
         """Best PSNR on the first test set in this run's psnr.csv (-inf when none)."""
-        path = self.run_dir / "psnr.csv"
-        if not path.exists():
-            return -math.inf
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["dataset"] == self.test_sets[0].name]
-        return max((float(r["psnr"]) for r in rows), default=-math.inf)
+        first = self.test_sets[0].name
+        return max((float(r["psnr"]) for r in self.read_records() if r["dataset"] == first),
+                   default=-math.inf)
 
     def record(self, epoch: int, metrics: Dict[str, Dict[str, float]]) -> None:
         """Append to psnr.csv and redraw the PSNR-per-epoch plot."""
-        path = self.run_dir / "psnr.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr"])
-            for name, m in metrics.items():
-                writer.writerow([epoch, self.phase.name, name, f"{m['psnr']:.4f}", f"{m['ssim']:.5f}",
-                                 f"{m['bicubic_psnr']:.4f}"])
-        rows = list(csv.DictReader(open(path)))
+        self.write_records([{"epoch": epoch, "phase": self.phase.name, "dataset": name,
+                             "psnr": f"{m['psnr']:.4f}", "ssim": f"{m['ssim']:.5f}",
+                             "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
+                            for name, m in metrics.items()])
+        rows = self.read_records()
         curves: Dict[str, List[float]] = {}
         for row in rows:
             curves.setdefault(row["dataset"], []).append(float(row["psnr"]))

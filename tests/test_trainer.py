@@ -80,11 +80,15 @@ def test_optimizer_holds_exactly_the_phase_parameters(data_root, tmp_path):
 def test_a_killed_run_resumes_to_the_same_weights(data_root, tmp_path):
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     _, _ = run(make_args(data_root, "full", "--save_models"), full_dir)
-    # Pretend the run died during epoch 3: only the checkpoint of epoch 2 (mid joint phase) exists.
+    # Pretend the run died in epoch 3 after validating it: the checkpoint of epoch 2 (mid joint
+    # phase) is the last one, but psnr.csv already has a row for epoch 3.
     (resumed_dir / "checkpoint").mkdir(parents=True)
     (full_dir / "checkpoint" / "epoch_2.pt").replace(resumed_dir / "checkpoint" / "last.pt")
+    records = (full_dir / "psnr.csv").read_text().splitlines()
+    (resumed_dir / "psnr.csv").write_text("\n".join(records[:4]) + "\n")  # header, epochs 1-3
     trainer, _ = run(make_args(data_root, "resumed", "--resume"), resumed_dir)
     assert trainer.start_epoch == 3
+    assert (resumed_dir / "psnr.csv").read_text().splitlines() == records  # each epoch once
     full = read_checkpoint(full_dir / "checkpoint" / "last.pt")["model"]
     resumed = read_checkpoint(resumed_dir / "checkpoint" / "last.pt")["model"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
