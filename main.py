@@ -40,4 +40,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(utility.run_cli(lambda: main()))
+    sys.exit(utility.run_cli(main, "interrupted; the last finished epoch is saved (continue with "
+                                   "--resume)"))

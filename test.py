@@ -68,6 +68,11 @@ def super_resolve_files(model: nn.Module, args: argparse.Namespace, device: torc
         raise ValueError(f"{source} holds several images named {', '.join(clashes)} (different "
                          "extensions); their outputs would overwrite each other")
     output = Path(args.output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create --output {output}: {error.strerror}; choose a writable "
+                         "folder") from error
     for path in files:
         if (output / f"{path.stem}.png").resolve() == path.resolve():
             raise ValueError(f"--output {output} would overwrite the input {path}; choose another folder")
@@ -243,4 +248,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(utility.run_cli(lambda: main()))
+    sys.exit(utility.run_cli(main))

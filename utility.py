@@ -82,8 +82,9 @@ def prepare_run_dir(root: Union[str, Path], name: str, resume: bool) -> Path:
     return run_dir
 
 
-def run_cli(main: Callable[[], None]) -> int:
-    """Run an entry point; bad input ends with one ``error: ...`` line and exit status 2.
+def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
+    """Run an entry point; bad input ends with one ``error: ...`` line and exit status 2,
+    Ctrl-C with the line ``on_interrupt`` and status 130.
 
     ``CDSR_DEBUG=1`` shows the full traceback instead.
     """
@@ -92,9 +93,9 @@ def run_cli(main: Callable[[], None]) -> int:
     except SystemExit as exit_request:  # argparse has already printed its one line
         return exit_request.code
     except KeyboardInterrupt:
-        print("interrupted; the last finished epoch is saved (continue with --resume)", file=sys.stderr)
+        print(on_interrupt, file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:  # OSError names its file
         if os.environ.get("CDSR_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)

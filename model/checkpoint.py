@@ -11,6 +11,7 @@ tables below (``_RULES``), which work in both directions.
 """
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -399,8 +400,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}") from error
+        if isinstance(error, pickle.UnpicklingError):
+            reason = ("it is corrupt, or it pickles Python objects besides tensors, which are "
+                      "not loaded for safety")
+        else:
+            detail = str(error).splitlines()[0] if str(error) else ""
+            reason = "it is empty, truncated or corrupt" + (f" ({detail})" if detail else "")
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(error).__name__}): {reason}; "
+                              "pass a file saved by this project or a plain state dict") from error
 
 
 def _listing(keys: list[str]) -> str:

@@ -194,6 +194,12 @@ def test_bad_files_and_fields_fail_clearly(tmp_path):
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_weights(tiny("dasr"), corrupt)
+    whole = tmp_path / "whole.pt"
+    save_checkpoint(whole, model_name="dasr", scale=2, model=tiny("dasr").state_dict())
+    for cut in (0, 4000):
+        corrupt.write_bytes(whole.read_bytes()[:cut])
+        with pytest.raises(CheckpointError, match="corrupt.pt .*empty, truncated or corrupt"):
+            read_checkpoint(corrupt)
     with pytest.raises(CheckpointError, match="not a recognised checkpoint"):
         load_weights(tiny("dasr"), {"weights": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="unsupported checkpoint format"):

@@ -169,6 +169,7 @@ def test_own_image_tiled_equals_untiled_for_dasr(workspace, tmp_path, monkeypatc
     (["--protocol", "cdsr", "--noise", "5", "--test_path", "BENCH"], "use --protocol_noise"),
     (["--protocol_noise", "5", "--test_path", "BENCH"], "needs --protocol"),
     (["--input", "ROOT/in", "--output", "ROOT/in"], "would overwrite the input"),
+    (["--input", "ROOT/in", "--output", "ROOT/in/x.png"], "cannot create --output"),
     (["--input", "ROOT/in", "--output", "ROOT/out", "--chop", "--tile", "0"], "--tile must be >= 1"),
 ])
 def test_errors_are_one_line_with_exit_code_2(workspace, tmp_path, monkeypatch, capsys, argv, message):
