@@ -200,6 +200,13 @@ def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]
     return parser.parse_args(argv)
 
 
+def _given(argv: Optional[List[str]], flag: str) -> bool:
+    """Whether ``flag`` is on the command line (after presets, a default looks like a choice)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument(flag)
+    return getattr(probe.parse_known_args(argv)[0], flag.lstrip("-")) is not None
+
+
 def validate(args: argparse.Namespace) -> None:
     """Raise ValueError with one clear sentence for values that make no sense."""
     positive = ("patch_size", "batch_size", "test_every", "print_every", "blur_kernel", "queue_size",
@@ -257,6 +264,11 @@ def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argpa
         validate(args)
         if test:
             validate_test(args)
+        roots = (args.dir_data, args.test_path, getattr(args, "testsets", None))
+        if roots == (None, None, None) and _given(argv, "--data_test"):
+            raise ValueError(f"--data_test {args.data_test}: say where its images are with "
+                             "--test_path ROOT (or --dir_data); without either, evaluation uses "
+                             "the held-out sample photos")
     except ValueError as error:
         parser.error(str(error))
     return args

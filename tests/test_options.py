@@ -44,6 +44,7 @@ def test_cpu_is_a_real_switch():
 def test_explicit_flags_beat_the_preset():
     args = option.parse_args(["--preset", "dasr", "--lr_sr", "3e-4", "--batch_size", "16"])
     assert (args.lr_sr, args.batch_size, args.epochs_encoder) == (3e-4, 16, 100)
+    assert option.parse_args(["--data_test", "Set5+B100", "--test_path", "/b"]).data_test == "Set5+B100"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -53,6 +54,7 @@ def test_explicit_flags_beat_the_preset():
     (["--queue_size", "4", "--batch_size", "8"], "smaller than --batch_size"),
     (["--blur_kernel", "20"], "must be odd"),
     (["--scale", "5"], "invalid choice"),
+    (["--data_test=Set14"], "--data_test Set14: say where its images are with --test_path"),
 ])
 def test_nonsense_values_exit_with_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
