@@ -200,13 +200,23 @@ class Trainer:
         self.phases = build_phases(args)
         self.degrade = build_training_degradation(args)
         self.train_set = build_train_set(args)
-        self.net = nn.DataParallel(model, list(range(args.n_GPUs))) if (
-            args.n_GPUs > 1 and device.type == "cuda") else model
+        self.net = self.parallel(model, args.n_GPUs, device)
         self.phase: Optional[Phase] = None
         self.optimizer = None
         self.scheduler = None
         self.start_epoch = 1
         self.best_psnr = -math.inf
+
+    def parallel(self, model: nn.Module, n_gpus: int, device: torch.device) -> nn.Module:
+        """DataParallel over the first ``n_gpus`` CUDA devices, or ``model`` itself."""
+        if device.type != "cuda":
+            if n_gpus > 1:
+                self.log.warning(f"--n_GPUs {n_gpus} ignored: training on the {device.type}")
+            return model
+        if n_gpus > torch.cuda.device_count():
+            raise ValueError(f"--n_GPUs {n_gpus} but only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible; lower --n_GPUs or check CUDA_VISIBLE_DEVICES")
+        return nn.DataParallel(model, list(range(n_gpus))) if n_gpus > 1 else model
 
     # ------------------------------------------------------------------ phases
     def enter_phase(self, phase: Phase) -> None:

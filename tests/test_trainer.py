@@ -100,3 +100,11 @@ def test_resume_needs_a_checkpoint_and_the_same_schedule(data_root, tmp_path):
     run(make_args(data_root, "c", "--epochs_sr", "1"), tmp_path)
     with pytest.raises(ValueError, match="phase 'joint'.*'encoder'"):
         run(make_args(data_root, "c", "--resume", "--epochs_encoder", "3"), tmp_path)
+
+
+def test_n_gpus_is_checked_against_the_visible_devices(data_root, tmp_path, monkeypatch):
+    trainer, _ = run(make_args(data_root, "d", "--epochs_sr", "0", "--n_GPUs", "2"), tmp_path)
+    assert trainer.net is trainer.model  # nothing to parallelise on the CPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="--n_GPUs 2 but only 1 CUDA device"):
+        trainer.parallel(trainer.model, 2, torch.device("cuda"))
