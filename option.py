@@ -13,14 +13,15 @@ from typing import Dict, List, Optional
 # defaults). Explicit flags always win over a preset.
 PRESETS: Dict[str, Dict[str, object]] = {
     "demo": {},
-    "cdsr": dict(degradation="manet", scale=4, patch_size=48, batch_size=32, blur_type="aniso_gaussian", sig_min=0.35,
-                 sig_max=5.0, lambda_1=4.0, lambda_2=1.0, theta=0.0, epochs_encoder=-1, epochs_sr=500,
-                 freeze_epoch=600, lr_sr=1e-4, lr_decay_sr=125, gamma_sr=0.5, test_every=1000,
-                 print_every=200, n_threads=4),
-    "dasr": dict(scale=4, patch_size=48, batch_size=32, blur_type="iso_gaussian", sig_min=0.2,
-                 sig_max=4.0, sig=1.2, epochs_encoder=100, epochs_sr=500, freeze_epoch=10 ** 6,
-                 lr_encoder=1e-3, lr_decay_encoder=60, gamma_encoder=0.1, lr_sr=1e-4, lr_decay_sr=125,
-                 gamma_sr=0.5, test_every=1000, print_every=200, n_threads=4, data_test="Set14"),
+    "cdsr": dict(model="CDSR", degradation="manet", scale=4, patch_size=48, batch_size=32,
+                 blur_type="aniso_gaussian", sig_min=0.35, sig_max=5.0, lambda_1=4.0, lambda_2=1.0,
+                 theta=0.0, epochs_encoder=-1, epochs_sr=500, freeze_epoch=600, lr_sr=1e-4,
+                 lr_decay_sr=125, gamma_sr=0.5, test_every=1000, print_every=200, n_threads=4),
+    "dasr": dict(model="DASR", scale=4, patch_size=48, batch_size=32, blur_type="iso_gaussian",
+                 sig_min=0.2, sig_max=4.0, sig=1.2, epochs_encoder=100, epochs_sr=500,
+                 freeze_epoch=10 ** 6, lr_encoder=1e-3, lr_decay_encoder=60, gamma_encoder=0.1,
+                 lr_sr=1e-4, lr_decay_sr=125, gamma_sr=0.5, test_every=1000, print_every=200,
+                 n_threads=4, data_test="Set14"),
 }
 
 

@@ -45,6 +45,8 @@ def test_explicit_flags_beat_the_preset():
     args = option.parse_args(["--preset", "dasr", "--lr_sr", "3e-4", "--batch_size", "16"])
     assert (args.lr_sr, args.batch_size, args.epochs_encoder) == (3e-4, 16, 100)
     assert option.parse_args(["--data_test", "Set5+B100", "--test_path", "/b"]).data_test == "Set5+B100"
+    assert option.parse_args(["--preset", "dasr"]).model == "DASR"  # a preset names its model ...
+    assert option.parse_args(["--preset", "dasr", "--model", "CDSR"]).model == "CDSR"  # ... unless told
 
 
 @pytest.mark.parametrize("argv, message", [
