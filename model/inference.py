@@ -13,6 +13,7 @@ image, so a tile sees its own means and the output changes; ``global_stats=True`
 ``model.super_resolve_tiled`` (CDSR only), which keeps the whole-image means (see
 ``CDSRGenerator.forward_tiled``).
 """
+from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
@@ -110,6 +111,23 @@ def centre_crop(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """CUDA convolutions and matrix products in true float32 inside, restored after.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) by default on Ampere and newer GPUs: on an H100
+    that moves CDSR/DASR outputs by 5e-4 to 1.3e-3 of their range, 25-60 times the tolerance of
+    the authors' golden outputs, and breaks tiled == untiled. Training may keep TF32 for speed;
+    inference is exact. No effect on the CPU.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
             tile: Optional[int] = None, overlap: int = 32, embed_crop: Optional[int] = None,
             global_stats: bool = False) -> torch.Tensor:
@@ -121,7 +139,7 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
     of context. global_stats: models whose SR network pools over the whole image (CDSR's DQA)
     keep the whole-image statistics (``model.super_resolve_tiled``); models without such pooling
     (DASR) are already exact with enough overlap. ensemble: the x8 self-ensemble wraps whichever
-    forward is used.
+    forward is used. Runs in true float32 on CUDA (``full_float32``).
     """
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tile is None or max(x.shape[-2:]) <= tile:
@@ -131,4 +149,5 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
             return model.super_resolve_tiled(x, embedding, tile=tile)
         return tiled_super_resolve(model, x, embedding, tile=tile, overlap=overlap)
 
-    return self_ensemble(forward, lr) if ensemble else forward(lr)
+    with full_float32():
+        return self_ensemble(forward, lr) if ensemble else forward(lr)

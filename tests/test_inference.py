@@ -129,3 +129,24 @@ def test_ensemble_and_tiles_together_keep_the_shape():
 def test_bad_tile_sizes_are_refused():
     with pytest.raises(ValueError, match="tile must be > 0"):
         list(iter_tiles(torch.zeros(1, 1, 4, 4), 0, 1))
+
+
+class TF32Probe(nn.Module):
+    """Identity that records whether TF32 was allowed while it ran."""
+    scale = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        return x
+
+
+def test_inference_runs_in_true_float32_and_restores_the_flags():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        probe = TF32Probe()
+        predict(probe, lr_image(4, 4, seed=7))
+        assert probe.seen == (False, False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
