@@ -68,14 +68,14 @@ def super_resolve_files(model: nn.Module, args: argparse.Namespace, device: torc
         raise ValueError(f"{source} holds several images named {', '.join(clashes)} (different "
                          "extensions); their outputs would overwrite each other")
     output = Path(args.output)
+    for path in files:
+        if (output / f"{path.stem}.png").resolve() == path.resolve():
+            raise ValueError(f"--output {output} would overwrite the input {path}; choose another folder")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"cannot create --output {output}: {error.strerror}; choose a writable "
                          "folder") from error
-    for path in files:
-        if (output / f"{path.stem}.png").resolve() == path.resolve():
-            raise ValueError(f"--output {output} would overwrite the input {path}; choose another folder")
     for path in files:
         rgb, alpha, gray = read_image_and_alpha(path)
         lr = to_tensor(rgb)[None].to(device)
