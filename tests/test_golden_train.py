@@ -41,6 +41,39 @@ def test_tolerance_table_is_the_index_one(golden_dir):
         assert ours[stage]["queue"] == rules["E.queue columns"][stage]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dasr_passes_at_any_thread_count(golden_dir, threads):
+    """The README's checker passes at any thread count (2 threads used to fail one DASR
+    parameter, before the iteration-1 outlier allowance)."""
+    index, case = _case(golden_dir, "dasr")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = golden_train.check_train_case(golden_dir, index, case)
+    finally:
+        torch.set_num_threads(before)
+    assert all(r.passed for r in results), _report(results)
+
+
+@pytest.mark.parametrize("stage", ["it1", "it2"])
+def test_parameter_rule_allows_few_outliers_of_at_most_two_lr(stage):
+    """0.5% of a slice may move up to 2 lr; one more outlier, or one beyond 2 lr, fails."""
+    lr, ref = 1e-4, np.zeros(1000, dtype=np.float32)
+    rule = golden_train.TOLERANCES[stage]["param"]
+
+    def passes(moved: np.ndarray) -> bool:
+        return all(r.passed for r in golden_train._parameter_moves("p", moved, ref, lr, rule))
+
+    moved = ref.copy()
+    moved[:5] = 2 * lr                       # floor(0.5% of 1000) = 5 outliers
+    assert passes(moved)
+    moved[5] = 2 * lr                        # a sixth
+    assert not passes(moved)
+    moved[5] = 0.0
+    moved[0] = 2.1 * lr                      # one beyond 2 lr
+    assert not passes(moved)
+
+
 @pytest.mark.parametrize("name", ["cdsr", "dasr"])
 def test_joint_and_encoder_steps_match_the_authors(golden_dir, name):
     index, case = _case(golden_dir, name)
