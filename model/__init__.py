@@ -6,7 +6,8 @@ from torch import nn
 
 from .cdsr import CDSR
 from .dasr import DASR
-from .moco import BlindSRModel, MoCo
+from .base import BlindSRModel
+from .moco import MoCo
 
 _MODELS: dict[str, type[BlindSRModel]] = {"cdsr": CDSR, "dasr": DASR}
 

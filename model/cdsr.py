@@ -13,7 +13,8 @@ from .blocks import (LEAKY_SLOPE, MLP, ChannelGate, DegradationAwareBlock, Dynam
                      check_image_batch, conv3x3)
 from .inference import iter_tiles, tile_centre, tiled_apply
 from .lpe import PATCH_SIZE, LPEEncoder
-from .moco import BlindSRModel, MoCo
+from .base import BlindSRModel
+from .moco import MoCo
 
 DENSE_SLOPE = 0.2      # LeakyReLU slope inside the residual dense blocks
 RESIDUAL_SCALE = 0.2   # ESRGAN-style residual scaling of dense blocks and RRDB blocks
@@ -242,10 +243,7 @@ class CDSR(BlindSRModel):
                        temperature=temperature)
         generator = CDSRGenerator(scale=scale, n_feats=n_feats, n_blocks=n_blocks, growth=growth,
                                   embed_dim=embed_dim)
-        hparams = dict(n_feats=n_feats, n_blocks=n_blocks, growth=growth, embed_dim=embed_dim,
-                       codebook_size=codebook_size, queue_size=queue_size, momentum=momentum,
-                       temperature=temperature)
-        super().__init__(scale=scale, encoder=encoder, generator=generator, hparams=hparams)
+        super().__init__(scale=scale, encoder=encoder, generator=generator)
 
     def to_network_range(self, lr: torch.Tensor) -> torch.Tensor:
         return lr / 255.0

@@ -12,7 +12,8 @@ from torch import nn
 
 from .blocks import (LEAKY_SLOPE, MLP, ChannelGate, ConvBNAct, DegradationAwareBlock,
                      DynamicDepthwiseConv, conv3x3)
-from .moco import BlindSRModel, MoCo
+from .base import BlindSRModel
+from .moco import MoCo
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # in [0,1]; times 255 for 0..255 pixels
 
@@ -146,6 +147,4 @@ class DASR(BlindSRModel):
                        queue_size=queue_size, momentum=momentum, temperature=temperature)
         generator = DASRGenerator(scale=scale, n_feats=n_feats, n_groups=n_groups,
                                   n_blocks=n_blocks, embed_dim=embed_dim)
-        hparams = dict(n_feats=n_feats, n_groups=n_groups, n_blocks=n_blocks, embed_dim=embed_dim,
-                       queue_size=queue_size, momentum=momentum, temperature=temperature)
-        super().__init__(scale=scale, encoder=encoder, generator=generator, hparams=hparams)
+        super().__init__(scale=scale, encoder=encoder, generator=generator)
