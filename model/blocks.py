@@ -85,7 +85,7 @@ class DynamicDepthwiseConv(nn.Module):
         k = self.kernel_size
         kernels = self.kernel_mlp(vector).view(b * c, 1, k, k)           # (B*C,1,k,k)
         out = F.conv2d(x.reshape(1, b * c, h, w), kernels, padding=k // 2, groups=b * c)
-        out = F.leaky_relu(out.view(b, c, h, w), LEAKY_SLOPE)            # (B,C,H,W)
+        out = F.leaky_relu(out.view(b, c, h, w), LEAKY_SLOPE, inplace=True)  # (B,C,H,W)
         return self.pointwise(out)
 
 
@@ -126,7 +126,9 @@ class DegradationAwareBlock(nn.Module):
         self.conv2 = conv3x3(channels, channels)
 
     def forward(self, x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        out = F.leaky_relu(self.adapt1(x, vector), LEAKY_SLOPE)
-        out = F.leaky_relu(self.conv1(out), LEAKY_SLOPE)
-        out = F.leaky_relu(self.adapt2(out, vector), LEAKY_SLOPE)
+        # In place: each activation overwrites a fresh conv output nothing else keeps, so
+        # backward stores one 64-channel map per activation instead of two.
+        out = F.leaky_relu(self.adapt1(x, vector), LEAKY_SLOPE, inplace=True)
+        out = F.leaky_relu(self.conv1(out), LEAKY_SLOPE, inplace=True)
+        out = F.leaky_relu(self.adapt2(out, vector), LEAKY_SLOPE, inplace=True)
         return self.conv2(out) + x
