@@ -7,9 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.benchmark import BenchmarkSet, named_files
-from data.degradation import make_fixed_degradation, make_training_degradation
+from data.degradation import TrainingDegradation, make_fixed_degradation, make_training_degradation
 from data.hr_folder import PatchPairs, folder_sources
 from data.images import ImageError, list_images
+from data.sampler import GlobalBatchSampler
 from data.protocols import protocol_settings
 from data.testsets import Row, SettingSet, find_hr_dir, protocol_rows, read_protocol_sets
 from data.sample_photos import held_out_photos, training_photos
@@ -32,14 +33,16 @@ def training_folders(args: argparse.Namespace) -> List[Path]:
 
 
 def build_train_set(args: argparse.Namespace) -> PatchPairs:
-    """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos;
-    ``test_every * batch_size`` items per epoch. Every image is checked here, before training."""
+    """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos,
+    each with its own draw of the training degradation; ``test_every * batch_size`` items per
+    epoch. Every image is checked here, before training."""
     hr_patch = args.patch_size * args.scale
-    length = args.test_every * args.batch_size
+    common = dict(hr_patch_size=hr_patch, length=args.test_every * args.batch_size,
+                  degradation=build_training_degradation(args), lr_patch_size=args.patch_size)
     if args.dir_data is None:
         photos = training_photos()
-        return PatchPairs(list(photos.values()), hr_patch, length, names=list(photos))
-    return PatchPairs(folder_sources(training_folders(args)), hr_patch, length)
+        return PatchPairs(list(photos.values()), names=list(photos), **common)
+    return PatchPairs(folder_sources(training_folders(args)), **common)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -47,16 +50,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def build_train_loader(args: argparse.Namespace, dataset: PatchPairs, seed: int) -> DataLoader:
-    """One epoch of ``{"hr": uint8 (B,2,3,P,P)}`` batches, shuffled and cropped with generators
-    seeded by ``seed``, so a resumed run sees the same data whatever the worker count."""
+def build_train_loader(args: argparse.Namespace, dataset: PatchPairs, seed: int, *, rank: int = 0,
+                       world_size: int = 1, start: int = 0) -> DataLoader:
+    """One epoch of batches ``{"hr": uint8 (b,2,3,P,P), "params": {name: (b,)}, "noise"?}``
+    for process ``rank`` of ``world_size`` (b = batch_size / world_size), from iteration
+    ``start`` on. Items and their order come from ``seed`` alone (``GlobalBatchSampler``), so
+    the global stream is the same whatever the worker or process count, and a resumed run sees
+    the same data."""
     dataset.set_seed(seed)
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      num_workers=args.n_threads, generator=torch.Generator().manual_seed(seed))
+    sampler = GlobalBatchSampler(len(dataset), args.batch_size, seed, rank=rank,
+                                 world_size=world_size, start=start)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.n_threads,
+                      pin_memory=torch.cuda.is_available() and not args.cpu)
 
 
-def build_training_degradation(args: argparse.Namespace) -> Callable:
-    """(hr (B,2,3,H,W) float 0..255, generator) -> lr (B,2,3,H/s,W/s), one random degradation per image."""
+def build_training_degradation(args: argparse.Namespace) -> TrainingDegradation:
+    """The random training degradation of the options; its ``apply`` takes batched draws."""
     return make_training_degradation(
         args.degradation, args.scale, args.blur_type,
         sig_min=args.sig_min, sig_max=args.sig_max, lambda_min=args.lambda_min,

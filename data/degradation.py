@@ -23,7 +23,7 @@ Two conventions, named after the code they reproduce (see ``../shared/golden/REA
 """
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -176,20 +176,44 @@ class TrainingDegradation:
             params["noise"] = params["noise"] * (_uniform(batch, 0.0, 1.0, generator) >= MANET_CLEAN_RATE)
         return params
 
-    def apply(self, hr: Tensor, params: Params, generator: Optional[torch.Generator]) -> Tensor:
-        """hr (B, N, 3, H, W) float 0..255 -> lr (B, N, 3, H//s, W//s) rounded, clamped 0..255."""
+    def noise_maps(self, level: Tensor, shape: tuple, generator: torch.Generator) -> Optional[Tensor]:
+        """level (B,) -> level[b] * N(0, 1) of ``shape`` (B, ...) float32 on the generator's
+        device, or None when the degradation adds no noise."""
+        if self.noise == 0:
+            return None
+        normal = torch.randn(shape, generator=generator, device=generator.device)
+        return normal * level.to(device=normal.device, dtype=normal.dtype).view(-1, *[1] * (len(shape) - 1))
+
+    def draw(self, generator: torch.Generator, lr_shape: tuple) -> Dict[str, Tensor]:
+        """One image's degradation, drawn on the CPU (e.g. in a data-loading worker):
+        ``{"params": {name: 0-dim float64}, "noise": float32 lr_shape (N, 3, h, w)}`` ("noise"
+        only when noise is added). Collated over a batch, it is what ``apply`` takes."""
+        params = {name: value[0] for name, value in self.sample(1, generator).items()}
+        draw = {"params": params}
+        noise = self.noise_maps(params["noise"][None], (1, *lr_shape), generator)
+        if noise is not None:
+            draw["noise"] = noise[0]
+        return draw
+
+    def apply(self, hr: Tensor, params: Params, noise: Optional[Tensor] = None) -> Tensor:
+        """hr (B, N, 3, H, W) float 0..255 on any device, params {name: (B,)}, noise (B, N, 3,
+        H//s, W//s) float32 (already scaled by each image's level; any device) or None -> lr
+        (B, N, 3, H//s, W//s) rounded and clamped to 0..255, on hr's device."""
         kernels = build_kernels(self.convention, self.blur_type, params, self.scale, self.kernel_size)
         x = blur_downsample(hr, kernels, self.scale, self.convention, self.sample_mode)
-        if self.noise > 0:
-            x = add_noise(x, params["noise"], generator)
+        if noise is not None:
+            x = x + noise.to(device=x.device, dtype=x.dtype)
         return quantize(x)
 
     def __call__(self, hr: Tensor, generator: torch.Generator) -> Tensor:
         """hr (B, N, 3, H, W) float (or uint8) 0..255, any device -> lr (B, N, 3, H//s, W//s)
-        float, rounded and clamped to 0..255, same device; the N patches of an image share its draw."""
+        float, rounded and clamped to 0..255, same device; the N patches of an image share its
+        draw, all drawn from one generator (``draw`` draws per image instead)."""
         if hr.dim() != 5:
             raise ValueError(f"training hr must be (B, N, C, H, W), got shape {tuple(hr.shape)}")
-        return self.apply(_as_float(hr), self.sample(hr.shape[0], generator), generator)
+        params = self.sample(hr.shape[0], generator)
+        lr_shape = (*hr.shape[:-2], hr.shape[-2] // self.scale, hr.shape[-1] // self.scale)
+        return self.apply(_as_float(hr), params, self.noise_maps(params["noise"], lr_shape, generator))
 
 
 def make_training_degradation(convention: str, scale: int, blur_type: str, *, sig_min: float,

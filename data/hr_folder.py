@@ -1,11 +1,11 @@
 """Training data: pairs of random HR patches from HR images (DF2K-style folders or in memory).
 
-Each item is one image's two patches (query and key) for the contrastive encoder; both get the
-same degradation later, on the training device (see ``trainer.py``). Degradation is not done
-here, so workers only crop and flip.
+Each item is one image's two patches (query and key) for the contrastive encoder and the random
+parameters of their shared degradation; the degradation itself is applied later, batched on the
+training device (see ``trainer.py``), so workers only crop, flip and draw a few numbers.
 """
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,21 +50,28 @@ def random_flip_rotate(patch: torch.Tensor, generator: torch.Generator = None) -
 class PatchPairs(Dataset):
     """``length`` items; item i samples image ``i % n`` and returns
     ``{"hr": uint8 (2, 3, P, P)}`` with P = ``hr_patch_size`` (two independent random patches,
-    each randomly flipped/transposed when ``augment``).
+    each randomly flipped/transposed when ``augment``) and, with a ``degradation`` (e.g.
+    ``data.degradation.TrainingDegradation``), its per-image draw for LR patches of
+    ``lr_patch_size``: ``"params"`` and ``"noise"`` (see its ``draw``).
 
-    Item i draws from a generator seeded with (``seed``, i), so the patches depend neither on
-    the number of workers nor on the order items are fetched in.
+    Item i draws everything from one generator seeded with (``seed``, i), so an item depends
+    neither on the number of workers or processes nor on the batch it lands in.
     """
 
     def __init__(self, sources: Sequence[Source], hr_patch_size: int, length: int,
-                 augment: bool = True, names: Sequence[str] = (), seed: int = 0) -> None:
+                 augment: bool = True, names: Sequence[str] = (), seed: int = 0,
+                 degradation: Optional[Callable] = None, lr_patch_size: int = 0) -> None:
         if not sources:
             raise ImageError("the training set is empty")
+        if degradation is not None and lr_patch_size < 1:
+            raise ValueError("a degradation draw needs the LR patch size")
         self.sources = list(sources)
         self.patch = hr_patch_size
         self.length = length
         self.augment = augment
         self.seed = seed
+        self.degradation = degradation
+        self.lr_patch = lr_patch_size
         names = list(names) or [str(s) if isinstance(s, Path) else f"image {i}"
                                 for i, s in enumerate(self.sources)]
         for source, name in zip(self.sources, names):
@@ -88,7 +95,10 @@ class PatchPairs(Dataset):
         patches = [random_patch(image, self.patch, generator) for _ in range(2)]
         if self.augment:
             patches = [random_flip_rotate(p, generator) for p in patches]
-        return {"hr": torch.stack([p.contiguous() for p in patches])}
+        item = {"hr": torch.stack([p.contiguous() for p in patches])}
+        if self.degradation is not None:
+            item.update(self.degradation.draw(generator, (2, 3, self.lr_patch, self.lr_patch)))
+        return item
 
 
 def folder_sources(folders: List[Path]) -> List[Path]:

@@ -162,11 +162,30 @@ def test_one_degradation_per_image_shared_by_its_patches(case):
     degrade = _training(case, noise=60.0)
     params = degrade.sample(4, _gen(5))
     hr = patch.expand(4, 2, 3, 40, 40) * 0.5 + 64                # keep clear of the clamp
-    residual = degrade.apply(hr, params, _gen(7)) - degrade.apply(hr, {**params, "noise": torch.zeros(4)}, _gen(7))
+    noise = degrade.noise_maps(params["noise"], (4, 2, 3, 20, 20), _gen(7))
+    residual = degrade.apply(hr, params, noise) - degrade.apply(hr, params)
     spread = residual.std(dim=(2, 3, 4))                          # (B, N)
     assert not torch.equal(residual[:, 0], residual[:, 1])
     torch.testing.assert_close(spread[:, 0], spread[:, 1], rtol=0.15, atol=1.0)
     torch.testing.assert_close(spread[:, 0], params["noise"].float(), rtol=0.15, atol=1.0)
+
+
+@pytest.mark.parametrize("case", TRAINING_CASES)
+def test_per_image_draws_collate_into_what_apply_takes(case):
+    """Each image's degradation drawn alone (in a loader worker) equals the same draw applied
+    in a batch: an image's LR does not depend on which batch it lands in."""
+    degrade = _training(case, noise=20.0)
+    hr = _hr(3, 2, 3, 40, 40)
+    draws = [degrade.draw(_gen(10 + b), (2, 3, 20, 20)) for b in range(3)]
+    batch = torch.utils.data.default_collate(draws)
+    assert all(v.shape == (3,) and v.dtype == torch.float64 for v in batch["params"].values())
+    assert batch["noise"].shape == (3, 2, 3, 20, 20)
+    lr = degrade.apply(hr, batch["params"], batch["noise"])
+    for b in range(3):
+        alone = degrade.apply(hr[b:b + 1], {k: v[b:b + 1] for k, v in batch["params"].items()},
+                              batch["noise"][b:b + 1])
+        assert torch.equal(lr[b], alone[0])
+    assert "noise" not in _training(case, noise=0.0).draw(_gen(1), (2, 3, 20, 20))
 
 
 def test_training_sampling_follows_each_convention():
