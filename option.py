@@ -40,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from model.precision import PRECISIONS  # here, so that importing option stays light
+
     p = _Parser(
         description="Train and evaluate CDSR / DASR blind super-resolution.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,7 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("hardware")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
-    g.add_argument("--n_GPUs", type=int, default=1, help="GPUs for DataParallel (CUDA only)")
+    g.add_argument("--n_GPUs", type=int, default=1,
+                   help="GPUs for DataParallel in one process (CUDA only); for one process per "
+                        "GPU launch with torchrun instead (see README, 'Several GPUs')")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch of all "
+                        "processes (default: each process's own batch, as the authors)")
+    g.add_argument("--precision", choices=PRECISIONS, default="tf32",
+                   help="training arithmetic: fp32 (true float32), tf32 (PyTorch's default: "
+                        "TF32 convolutions on Ampere+ GPUs), bf16 or fp16 (autocast; fp16 with a "
+                        "gradient scaler); evaluation is always float32")
     g.add_argument("--n_threads", type=int, default=2, help="data-loading worker processes")
     g.add_argument("--seed", type=int, default=1, help="random seed (data, degradations, weights)")
 
@@ -233,9 +244,16 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     if args.n_threads < 0:
         raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
-    if args.queue_size < args.batch_size:
-        raise ValueError(f"--queue_size {args.queue_size} is smaller than --batch_size "
-                         f"{args.batch_size}; MoCo enqueues a whole batch of keys per step")
+    if args.queue_size % args.batch_size:
+        raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
+                         f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")
+
+
+def check_world_size(args: argparse.Namespace, world_size: int) -> None:
+    """ValueError unless the global --batch_size splits evenly over the processes."""
+    if args.batch_size % world_size:
+        raise ValueError(f"--batch_size {args.batch_size} (the global batch) is not divisible by "
+                         f"the {world_size} processes; choose a multiple of {world_size}")
 
 
 def validate_test(args: argparse.Namespace) -> None:

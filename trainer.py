@@ -2,10 +2,10 @@
 
 A run is a list of :class:`Phase` records (encoder pre-training, joint, frozen encoder), built
 from the options and validated before anything starts. Each phase transition rebuilds the Adam
-optimizer over exactly the parameters that phase trains and is logged once.
+optimizer over exactly the parameters that phase trains (and the DDP wrapper, which registers
+gradients at construction) and is logged once.
 """
 import argparse
-import csv
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -18,14 +18,15 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import utility
-from data import build_train_loader, build_train_set, build_training_degradation, epoch_seed
-from data.benchmark import BenchmarkSet
+from data import build_train_loader, build_train_set, epoch_seed
 from data.images import to_image, write_png
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from model.inference import predict
+from model.precision import Precision
+from model.parallel import (ProcessGroup, any_process, barrier, data_parallel_devices,
+                            gather_rows, mean_over_processes, unwrap, wrap)
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
-RECORD_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")  # psnr.csv
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ def phase_of(phases: Sequence[Phase], epoch: int) -> Phase:
     return next(p for p in phases if p.first <= epoch <= p.last)
 
 
+def phases_summary(phases: Sequence[Phase]) -> List[Dict[str, object]]:
+    return [dataclasses.asdict(p) for p in phases]
+
+
 def set_trainable(model: nn.Module, phase: Phase) -> None:
     """requires_grad and train/eval modes for ``phase`` (the key encoder never has gradients)."""
     model.train()
@@ -106,6 +111,7 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
                             betas=(0.9, 0.999), eps=1e-8)
 
 
+# ----------------------------------------------------------------------------- the step
 def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, torch.Tensor]:
     """lr (B,2,3,h,w): query and key patches. Returns the outputs the phase's losses need."""
     if phase.name == ENCODER:
@@ -115,20 +121,60 @@ def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, t
     return {"sr": net(lr[:, 0])}
 
 
+@dataclass
+class StepResult:
+    """What one training step did: the forward's ``outputs``, the loss components ``losses``
+    (tensors, ``total`` included) and whether the update was ``applied``."""
+    outputs: Dict[str, torch.Tensor]
+    losses: Dict[str, torch.Tensor]
+    applied: bool
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """0-dim bool tensor: every gradient the optimizer holds is finite."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    return torch.isfinite(torch.nn.utils.get_total_norm(grads))
+
+
 def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Phase,
-                  criterion: nn.Module, optimizer: torch.optim.Optimizer):
-    """One optimisation step; lr (B,2,3,h,w), hr (B,3,s*h,s*w), both 0..255.
+                  criterion: nn.Module, optimizer: torch.optim.Optimizer, *,
+                  precision: Optional[Precision] = None) -> StepResult:
+    """One optimisation step; lr (B,2,3,h,w), hr (B,3,s*h,s*w), both 0..255 (B: this process's
+    share of the global batch).
 
-    Returns (outputs, losses) with the forward's outputs and the loss components.
+    MoCo's state is updated here, on the real module, once per step, in the authors' order:
+    the key encoder's momentum update before the forward (with the pre-step query weights), the
+    enqueue of the keys of the whole global batch (every process's, in rank order) after the
+    backward; the forward, which DataParallel and DDP replicate, changes none of it.
+
+    A step whose loss or gradients are not finite on any process is not applied (no optimizer
+    step, no enqueue); with fp16 the gradient scaler alone deals with overflowing gradients.
     """
+    precision = precision or Precision()
+    moco = unwrap(net).encoder if phase.trains_encoder else None
     optimizer.zero_grad(set_to_none=True)
-    outputs = phase_forward(net, lr, phase)
+    if moco is not None:
+        moco.momentum_update()
+    with precision.autocast(lr.device):
+        outputs = phase_forward(net, lr, phase)
     losses = criterion(outputs, hr)
-    losses["total"].backward()
-    optimizer.step()
-    return outputs, losses
+    precision.backward(losses["total"])
+    finite = torch.isfinite(losses["total"].detach())
+    if not precision.scales_gradients:
+        finite = finite & gradients_finite(optimizer).to(finite.device)
+    applied = not any_process(not bool(finite), lr.device)
+    if applied:
+        precision.step(optimizer)
+        if moco is not None:
+            moco.enqueue(gather_rows(outputs["keys"]))
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(outputs, losses, applied)
 
 
+# ----------------------------------------------------------------------------- evaluation
 def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
     """Keyword arguments of ``model.inference.predict`` from --self_ensemble, --chop, --tile,
     --tile_overlap, --embed_crop and --tile_pooling."""
@@ -181,47 +227,54 @@ def evaluate(model: nn.Module, test_sets: Sequence[Dataset], device: torch.devic
     return results
 
 
+# ----------------------------------------------------------------------------- the run
 class Trainer:
     """Runs the phases epoch by epoch, validates after each epoch and keeps checkpoints.
 
-    ``run_dir/checkpoint/last.pt`` is rewritten atomically after every epoch, so a killed run
-    resumes (``--resume``) from its last finished epoch with the same data stream.
+    Under torchrun every process trains its share of each global batch; rank 0 alone
+    validates and writes the run folder while the others wait. ``run_dir/checkpoint/last.pt``
+    is rewritten atomically after every epoch, so a killed run resumes (``--resume``) from its
+    last finished epoch with the same data stream.
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
-                 test_sets: Sequence[BenchmarkSet], device: torch.device, run_dir: Path) -> None:
+                 test_sets: Sequence[Dataset], device: torch.device, run_dir: Path,
+                 group: ProcessGroup = ProcessGroup()) -> None:
         self.args = args
         self.model = model
         self.criterion = criterion.to(device)
         self.test_sets = test_sets
         self.device = device
         self.run_dir = Path(run_dir)
+        self.group = group
         self.log = utility.get_logger()
         self.phases = build_phases(args)
-        self.degrade = build_training_degradation(args)
+        self.precision = Precision(args.precision, device)
+        self.data_parallel = self.parallel_devices(args.n_GPUs, device)
         self.train_set = build_train_set(args)
-        self.net = self.parallel(model, args.n_GPUs, device)
+        self.net: nn.Module = model
         self.phase: Optional[Phase] = None
         self.optimizer = None
         self.scheduler = None
         self.start_epoch = 1
         self.best_psnr = -math.inf
+        self.records = utility.Records(self.run_dir / "psnr.csv")
 
-    def parallel(self, model: nn.Module, n_gpus: int, device: torch.device) -> nn.Module:
-        """DataParallel over the first ``n_gpus`` CUDA devices, or ``model`` itself."""
-        if device.type != "cuda":
-            if n_gpus > 1:
-                self.log.warning(f"--n_GPUs {n_gpus} ignored: training on the {device.type}")
-            return model
-        if n_gpus > torch.cuda.device_count():
-            raise ValueError(f"--n_GPUs {n_gpus} but only {torch.cuda.device_count()} CUDA "
-                             "device(s) are visible; lower --n_GPUs or check CUDA_VISIBLE_DEVICES")
-        return nn.DataParallel(model, list(range(n_gpus))) if n_gpus > 1 else model
+    def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
+        """CUDA devices for DataParallel (none under torchrun: one process per device)."""
+        if device.type != "cuda" and n_gpus > 1:
+            self.log.warning(f"--n_GPUs {n_gpus} ignored: training on the {device.type}")
+        if self.group.distributed and n_gpus > 1:
+            self.log.warning(f"--n_GPUs {n_gpus} ignored under torchrun: one process per device")
+            return []
+        return data_parallel_devices(n_gpus, device)
 
     # ------------------------------------------------------------------ phases
     def enter_phase(self, phase: Phase) -> None:
-        """Set what ``phase`` trains and build its optimizer and per-epoch lr schedule."""
+        """Set what ``phase`` trains; build its DDP/DataParallel wrapper, its optimizer and its
+        per-epoch lr schedule."""
         set_trainable(self.model, phase)
+        self.net = wrap(self.model, self.group, self.device, self.data_parallel)
         self.optimizer = make_optimizer(self.model, phase.lr_at(phase.first))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: phase.lr_at(phase.first + i) / phase.lr_at(phase.first))
@@ -266,20 +319,20 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = epoch + 1
-        self.forget_records_after(epoch)
-        self.best_psnr = self.best_recorded_psnr()
+        if self.group.is_main:
+            self.records.forget_after(epoch)
+        self.best_psnr = self.records.best(self.test_sets[0].name)
         self.log.info(f"resumed {path} after epoch {epoch}")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Dict[str, Dict[str, float]]:
-        """Train every remaining epoch; returns the last evaluation."""
+        """Train every remaining epoch; returns the last evaluation (rank 0; {} elsewhere)."""
         if self.args.resume:
             self.resume(self.args.resume)
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
-            return evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
-                            **inference_policy(self.args))
+            return self.evaluate()
         metrics: Dict[str, Dict[str, float]] = {}
         for epoch in range(self.start_epoch, last + 1):
             phase = phase_of(self.phases, epoch)
@@ -288,35 +341,58 @@ class Trainer:
             self.train_epoch(epoch)
             metrics = self.validate(epoch)
             self.scheduler.step()
-            self.save(epoch)
+            if self.group.is_main:
+                self.save(epoch)
+            barrier()
         return metrics
 
     def train_epoch(self, epoch: int) -> None:
-        seed = epoch_seed(self.args.seed, epoch)
-        degradation_rng = torch.Generator().manual_seed(seed)
+        # evaluate() leaves everything in train mode; this puts a frozen encoder back in eval
+        # mode (and is where requires_grad is set after a resume), so it runs every epoch.
         set_trainable(self.model, self.phase)
+        loader = build_train_loader(self.args, self.train_set, epoch_seed(self.args.seed, epoch),
+                                    rank=self.group.rank, world_size=self.group.world_size)
         lr_now = self.optimizer.param_groups[0]["lr"]
-        timer, sums = utility.Timer(), {}
-        loader = build_train_loader(self.args, self.train_set, seed)
-        bar = tqdm(loader, desc=f"epoch {epoch} ({self.phase.name})", leave=False, disable=None)
-        for it, batch in enumerate(bar, 1):
-            hr = batch["hr"].to(self.device, non_blocking=True).float()
-            lr = self.degrade(hr, degradation_rng)
-            _, losses = training_step(self.net, lr, hr[:, 0], self.phase, self.criterion, self.optimizer)
-            losses = {key: float(value.detach()) for key, value in losses.items()}
-            if not math.isfinite(losses["total"]):
-                raise FloatingPointError(f"loss became {losses['total']} at epoch {epoch}, "
-                                         f"iteration {it}; lower the learning rate")
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value
+        meter = utility.StepMeter()
+        sums: Dict[str, float] = {}
+        skipped = 0
+        bar = tqdm(loader, desc=f"epoch {epoch} ({self.phase.name})", leave=False,
+                   disable=None if self.group.is_main else True)
+        for it, batch in enumerate(meter.timed(bar), 1):
+            hr = batch["hr"].to(self.device, non_blocking=True).float()        # (b,2,3,P,P)
+            lr = self.train_set.degradation.apply(hr, batch["params"], batch.get("noise"))
+            step = training_step(self.net, lr, hr[:, 0], self.phase, self.criterion,
+                                 self.optimizer, precision=self.precision)
+            if not step.applied:
+                skipped += 1
+                self.log.warning(f"epoch {epoch} iteration {it}: non-finite loss or gradients; "
+                                 "step skipped")
+            for key, value in step.losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
             if it % self.args.print_every == 0 or it == len(loader):
-                means = ", ".join(f"{k} {v / it:.4f}" for k, v in sums.items())
-                self.log.info(f"epoch {epoch} [{it}/{len(loader)}] {self.phase.name}: {means} | "
-                              f"lr {lr_now:g} | {timer.elapsed() / it:.2f} s/it")
+                means = mean_over_processes({k: v / it for k, v in sums.items()}, self.device)
+                text = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+                self.log.info(f"epoch {epoch} [{it}/{len(loader)}] {self.phase.name}: {text} | "
+                              f"lr {lr_now:g} | {meter.seconds_per_step():.2f} s/it, "
+                              f"{100 * meter.wait_share():.0f}% waiting for data"
+                              + (f" | {skipped} skipped" if skipped else ""))
+        if skipped == len(loader):
+            raise FloatingPointError(f"every step of epoch {epoch} had a non-finite loss or "
+                                     "gradients; lower the learning rate")
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        """Scores on the test sets (rank 0; the other processes wait and get {})."""
+        metrics = {}
+        if self.group.is_main:
+            metrics = evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
+                               **inference_policy(self.args))
+        barrier()
+        return metrics
 
     def validate(self, epoch: int) -> Dict[str, Dict[str, float]]:
-        metrics = evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
-                           **inference_policy(self.args))
+        metrics = self.evaluate()
+        if not self.group.is_main:
+            return metrics
         first = metrics[self.test_sets[0].name]["psnr"]
         if first > self.best_psnr:
             self.best_psnr = first
@@ -325,56 +401,7 @@ class Trainer:
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
                           f"SSIM {m['ssim']:.4f} (bicubic {m['bicubic_psnr']:.2f} dB, "
                           f"{m['bicubic_ssim']:.4f}); best {self.best_psnr:.2f} dB")
-        self.record(epoch, metrics)
+        self.records.add(epoch, self.phase.name, metrics)
+        self.records.plot(self.run_dir / "psnr.png",
+                          title=f"{self.model.name.upper()} x{self.model.scale}")
         return metrics
-
-    @property
-    def records_path(self) -> Path:
-        return self.run_dir / "psnr.csv"
-
-    def read_records(self) -> List[Dict[str, str]]:
-        """Rows of psnr.csv (epoch, phase, dataset, psnr, ssim, bicubic_psnr); [] when none."""
-        if not self.records_path.exists():
-            return []
-        with open(self.records_path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def forget_records_after(self, epoch: int) -> None:
-        """Drop psnr.csv rows of epochs after ``epoch``: a run killed between validating and
-        checkpointing an epoch trains that epoch again on resume and must record it once."""
-        rows = self.read_records()
-        kept = [row for row in rows if int(row["epoch"]) <= epoch]
-        if len(kept) < len(rows):
-            self.write_records(kept, mode="w")
-
-    def write_records(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
-        new = mode == "w" or not self.records_path.exists()
-        with open(self.records_path, mode, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-
-    def best_recorded_psnr(self) -> float:
-        """Best PSNR on the first test set in this run's psnr.csv (-inf when none)."""
-        first = self.test_sets[0].name
-        return max((float(r["psnr"]) for r in self.read_records() if r["dataset"] == first),
-                   default=-math.inf)
-
-    def record(self, epoch: int, metrics: Dict[str, Dict[str, float]]) -> None:
-        """Append to psnr.csv and redraw the PSNR-per-epoch plot."""
-        self.write_records([{"epoch": epoch, "phase": self.phase.name, "dataset": name,
-                             "psnr": f"{m['psnr']:.4f}", "ssim": f"{m['ssim']:.5f}",
-                             "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
-                            for name, m in metrics.items()])
-        rows = self.read_records()
-        curves: Dict[str, List[float]] = {}
-        for row in rows:
-            curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
-        epochs = sorted({int(row["epoch"]) for row in rows})
-        utility.plot_curves(self.run_dir / "psnr.png", epochs, curves, xlabel="epoch",
-                            ylabel="PSNR (dB)", title=f"{self.model.name.upper()} x{self.model.scale}")
-
-
-def phases_summary(phases: Sequence[Phase]) -> List[Dict[str, object]]:
-    return [dataclasses.asdict(p) for p in phases]

@@ -6,6 +6,7 @@ Metric convention (CDSR's and DASR's test loops, stated once): both images are q
 ``crop_border = scale``), then PSNR is ``20 log10(255 / RMSE)`` and SSIM is the MATLAB-style
 Gaussian SSIM (11x11 window, sigma 1.5, valid region, C1 = (0.01*255)^2, C2 = (0.03*255)^2).
 """
+import csv
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -27,10 +28,11 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
-def setup_logging(log_file: Union[str, Path, None] = None) -> logging.Logger:
-    """Log INFO to stderr and, when given, append to ``log_file``."""
+def setup_logging(log_file: Union[str, Path, None] = None, *, quiet: bool = False) -> logging.Logger:
+    """Log INFO to stderr and, when given, append to ``log_file``; ``quiet`` (a process other
+    than rank 0) logs errors only."""
     logger = get_logger()
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -65,9 +67,12 @@ def write_json(path: Union[str, Path], data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def select_device(cpu: bool) -> torch.device:
-    """CUDA when available and not ``cpu``; chosen once per run."""
-    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+def select_device(cpu: bool, cuda_index: Optional[int] = None) -> torch.device:
+    """CUDA when available and not ``cpu`` (device ``cuda_index``, e.g. torchrun's local rank,
+    when given); chosen once per run."""
+    if not torch.cuda.is_available() or cpu:
+        return torch.device("cpu")
+    return torch.device("cuda", cuda_index) if cuda_index is not None else torch.device("cuda")
 
 
 def prepare_run_dir(root: Union[str, Path], name: str, resume: bool) -> Path:
@@ -80,6 +85,14 @@ def prepare_run_dir(root: Union[str, Path], name: str, resume: bool) -> Path:
         get_logger().info(f"moved the earlier run {run_dir} to {archived}")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _reports_errors() -> bool:
+    """Whether this process prints its error line. Under torchrun, before the processes have
+    joined (option and data checks, the same everywhere) only rank 0 does, so the user reads
+    the line once; a process that fails later always does, naming its rank."""
+    from model.parallel import joined_process_group
+    return os.environ.get("RANK", "0") == "0" or joined_process_group()
 
 
 def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
@@ -98,9 +111,93 @@ def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
     except (ValueError, OSError, FloatingPointError) as error:  # OSError names its file
         if os.environ.get("CDSR_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        if _reports_errors():
+            rank = os.environ.get("RANK", "0")
+            print(f"error: {'' if rank == '0' else f'(rank {rank}) '}{error}", file=sys.stderr)
         return 2
     return 0
+
+
+class StepMeter:
+    """Per-iteration timing of a training loop: how much of each iteration was spent waiting
+    for the data loader. Wrap the loader with ``timed``; the time between two batches minus
+    the wait is the step."""
+
+    def __init__(self) -> None:
+        self.waiting = 0.0
+        self.total = 0.0
+        self.steps = 0
+
+    def timed(self, batches: Iterable) -> Iterator:
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waiting += time.perf_counter() - start
+            yield batch
+            self.total += time.perf_counter() - start
+            self.steps += 1
+
+    def seconds_per_step(self) -> float:
+        return self.total / max(self.steps, 1)
+
+    def wait_share(self) -> float:
+        """Fraction of the iterations' time spent waiting for data (0 before any step)."""
+        return self.waiting / self.total if self.total > 0 else 0.0
+
+
+class Records:
+    """A run's validation table ``psnr.csv`` (one row per epoch and test set) and its plot."""
+
+    FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+
+    def read(self) -> List[Dict[str, str]]:
+        """The rows, as strings; [] when there is no table yet."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
+        new = mode == "w" or not self.path.exists()
+        with open(self.path, mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def add(self, epoch: int, phase: str, metrics: Dict[str, Dict[str, float]]) -> None:
+        """Append one epoch's results ({set name: {psnr, ssim, bicubic_psnr, ...}})."""
+        self.write([{"epoch": epoch, "phase": phase, "dataset": name, "psnr": f"{m['psnr']:.4f}",
+                     "ssim": f"{m['ssim']:.5f}", "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
+                    for name, m in metrics.items()])
+
+    def forget_after(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch``: a run killed between validating and
+        checkpointing an epoch trains that epoch again on resume and must record it once."""
+        rows = self.read()
+        kept = [row for row in rows if int(row["epoch"]) <= epoch]
+        if len(kept) < len(rows):
+            self.write(kept, mode="w")
+
+    def best(self, dataset: str) -> float:
+        """Best PSNR recorded for ``dataset`` (-inf when none)."""
+        return max((float(r["psnr"]) for r in self.read() if r["dataset"] == dataset), default=-math.inf)
+
+    def plot(self, path: Union[str, Path], title: str) -> None:
+        """PSNR per epoch, one curve per test set."""
+        rows = self.read()
+        curves: Dict[str, List[float]] = {}
+        for row in rows:
+            curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
+        epochs = sorted({int(row["epoch"]) for row in rows})
+        plot_curves(path, epochs, curves, xlabel="epoch", ylabel="PSNR (dB)", title=title)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -50,10 +50,12 @@ class Criterion(nn.Module):
         Returns every weighted component and their sum under ``total``."""
         losses = {}
         if "sr" in outputs:
+            sr = outputs["sr"].float()                  # float32 under mixed precision too
             for weight, name, term in zip(self.weights, self.names, self.terms):
-                losses[name] = weight * term(outputs["sr"], hr)
+                losses[name] = weight * term(sr, hr)
         if "logits" in outputs:
-            losses["contrastive"] = self.c_weight * F.cross_entropy(outputs["logits"], outputs["labels"])
+            logits = outputs["logits"].float()
+            losses["contrastive"] = self.c_weight * F.cross_entropy(logits, outputs["labels"])
         if not losses:
             raise ValueError("the model outputs hold neither 'sr' nor 'logits'")
         losses["total"] = sum(losses.values())

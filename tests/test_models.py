@@ -48,14 +48,28 @@ def test_training_forward_returns_the_contract_dict(name):
     lr_q, lr_k = images(4, 3, 24, 24, seed=1), images(4, 3, 24, 24, seed=2)
     out = net(lr_q, lr_k)
     k, d = TINY[name]["queue_size"], TINY[name]["embed_dim"]
-    assert set(out) == {"logits", "labels", "embedding", "proj_q", "proj_k", "sr"}
+    assert set(out) == {"logits", "labels", "embedding", "proj_q", "proj_k", "keys", "sr"}
     assert out["logits"].shape == (4, 1 + k)
     assert out["labels"].dtype == torch.int64 and not out["labels"].any()
     assert out["embedding"].shape == out["proj_q"].shape == out["proj_k"].shape == (4, d)
     assert out["sr"].shape == (4, 3, 48, 48)
     assert out["embedding"].requires_grad and not out["proj_k"].requires_grad
+    torch.testing.assert_close(out["keys"], F.normalize(out["proj_k"], dim=1))
     assert "sr" not in net(lr_q, lr_k, with_sr=False)
-    assert int(net.encoder.queue_ptr) == 8  # two forwards of batch 4
+    assert int(net.encoder.queue_ptr) == 0  # the forward changes no MoCo state
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_the_replicated_forward_changes_no_moco_state(name):
+    """What DataParallel and DDP rely on: a training forward leaves the queue, its pointer and
+    both encoders' parameters alone (only BatchNorm statistics move, as in any forward)."""
+    net = tiny(name).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net(images(4, 3, 24, 24, seed=1), images(4, 3, 24, 24, seed=2))
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                           for k in changed)
 
 
 def _feeds_batchnorm(param_name: str) -> bool:
@@ -117,21 +131,24 @@ def test_moco_copies_parameters_not_buffers_and_freezes_the_key_encoder():
     assert moco.queue_ptr.dtype == torch.int64 and int(moco.queue_ptr) == 0
 
 
-def test_moco_step_order_momentum_then_logits_then_enqueue():
+def test_moco_momentum_update_logits_and_enqueue():
     moco = toy_moco()
     with torch.no_grad():  # stand-in for an optimizer step on the query encoder
         for p in moco.query_encoder.parameters():
             p.add_(0.3)
     expected_keys = [p_k * 0.9 + p_q * (1 - 0.9) for p_q, p_k in
                      zip(moco.query_encoder.parameters(), moco.key_encoder.parameters())]
+    moco.momentum_update()
+    for p_k, expected in zip(moco.key_encoder.parameters(), expected_keys):
+        assert torch.equal(p_k, expected)
     old_queue = moco.queue.clone()
     x_q, x_k = images(4, 3, 6, 6, seed=1), images(4, 3, 6, 6, seed=2)
     out = moco(x_q, x_k)
-    for p_k, expected in zip(moco.key_encoder.parameters(), expected_keys):
-        assert torch.equal(p_k, expected)
     q, k = F.normalize(out["proj_q"], dim=1), F.normalize(out["proj_k"], dim=1)
     torch.testing.assert_close(out["logits"][:, 0], (q * k).sum(1) / 0.5)
-    torch.testing.assert_close(out["logits"][:, 1:], q @ old_queue / 0.5)  # queue before enqueue
+    torch.testing.assert_close(out["logits"][:, 1:], q @ old_queue / 0.5)
+    assert torch.equal(out["keys"], k)
+    moco.enqueue(out["keys"])
     torch.testing.assert_close(moco.queue[:, :4], k.T)
     assert torch.equal(moco.queue[:, 4:], old_queue[:, 4:])
     assert int(moco.queue_ptr) == 4
@@ -140,22 +157,22 @@ def test_moco_step_order_momentum_then_logits_then_enqueue():
 
 def test_moco_queue_wraps_around():
     moco = toy_moco(queue_size=6)
-    x = images(4, 3, 6, 6)
-    moco(x, x)
-    out = moco(x, x)
-    k = F.normalize(out["proj_k"], dim=1)
-    torch.testing.assert_close(moco.queue[:, [4, 5, 0, 1]], k.T)
+    keys = F.normalize(images(4, 4, seed=3), dim=1)
+    moco.enqueue(keys)
+    moco.enqueue(keys.flip(0))
+    torch.testing.assert_close(moco.queue[:, [4, 5, 0, 1]], keys.flip(0).T)
     assert int(moco.queue_ptr) == 2
     with pytest.raises(ValueError, match="exceeds the queue size"):
-        moco(images(7, 3, 6, 6), images(7, 3, 6, 6))
+        moco.enqueue(images(7, 4))
 
 
-def test_training_forward_needs_train_mode():
-    net = tiny("dasr").eval()
-    lr = images(2, 3, 24, 24)
-    with pytest.raises(RuntimeError, match="train mode"):
-        net(lr, lr)
-    assert int(net.encoder.queue_ptr) == 0
+def test_a_training_step_enqueues_after_the_backward():
+    """Enqueueing before the backward would overwrite the queue autograd still needs."""
+    moco = toy_moco()
+    out = moco(images(4, 3, 6, 6, seed=1), images(4, 3, 6, 6, seed=2))
+    moco.enqueue(out["keys"])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        F.cross_entropy(out["logits"], out["labels"]).backward()
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

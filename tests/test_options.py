@@ -53,7 +53,7 @@ def test_explicit_flags_beat_the_preset():
     (["--patch_size", "0"], "--patch_size must be positive"),
     (["--sig_min", "3", "--sig_max", "1"], "--sig_min 3.0 is larger"),
     (["--noise", "-1"], "--noise must be >= 0"),
-    (["--queue_size", "4", "--batch_size", "8"], "smaller than --batch_size"),
+    (["--queue_size", "12", "--batch_size", "8"], "not a multiple of --batch_size"),
     (["--blur_kernel", "20"], "must be odd"),
     (["--scale", "5"], "invalid choice"),
     (["--data_test=Set14"], "--data_test Set14: say where its images are with --test_path"),

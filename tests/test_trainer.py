@@ -107,4 +107,4 @@ def test_n_gpus_is_checked_against_the_visible_devices(data_root, tmp_path, monk
     assert trainer.net is trainer.model  # nothing to parallelise on the CPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="--n_GPUs 2 but only 1 CUDA device"):
-        trainer.parallel(trainer.model, 2, torch.device("cuda"))
+        trainer.parallel_devices(2, torch.device("cuda"))

@@ -268,8 +268,8 @@ def run_phase(net: nn.Module, name: str, phase_name: str, lr: float, x: torch.Te
     if phase.name == trainer.ENCODER:
         x = x * ENCODER_PIXEL_SCALE.get(name, 1.0)
     for iteration in range(1, iterations + 1):
-        outputs, losses = trainer.training_step(net, x, hr, phase, criterion, optimizer)
-        yield iteration, outputs, losses, optimizer
+        step = trainer.training_step(net, x, hr, phase, criterion, optimizer)
+        yield iteration, step.outputs, step.losses, optimizer
 
 
 def _optimizer_check(optimizer, index_model: dict, phase_name: str, case: str) -> list[GoldenResult]:

@@ -1,0 +1,212 @@
+"""Training on several devices: torchrun's process group, DistributedDataParallel or
+DataParallel, BatchNorm over the global batch, and the collectives the training step needs.
+
+One process per device under ``torchrun`` (NCCL on CUDA, gloo on the CPU); without torchrun a
+single process, optionally with DataParallel over ``--n_GPUs`` CUDA devices. Every helper here
+is a no-op for a single process, so the training code reads the same in every mode.
+"""
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Dict, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
+from torch import nn
+
+TIMEOUT = datetime.timedelta(minutes=30)   # a collective that waits longer ends the job
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its
+    machine; ``distributed`` when launched by torchrun (even with one process)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, tables, plots and checkpoints and validates."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def process_group_from_env() -> ProcessGroup:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, without joining anything (cheap, no side
+    effects); a single process when not launched by torchrun."""
+    if not launched_by_torchrun():
+        return ProcessGroup()
+    return ProcessGroup(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                        int(os.environ.get("LOCAL_RANK", 0)), distributed=True)
+
+
+_joined = False
+
+
+def joined_process_group() -> bool:
+    """Whether this process has joined torchrun's process group (it may have left it since)."""
+    return _joined
+
+
+def init_process_group(group: ProcessGroup, device: torch.device) -> None:
+    """Join torchrun's process group: NCCL for CUDA devices, gloo for the CPU."""
+    global _joined
+    if not group.distributed or dist.is_initialized():
+        return
+    _joined = True
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+
+
+def close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Wait for every process (nothing for one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(b, ...) on every process -> (world_size * b, ...), the processes' rows in rank order
+    (no gradient). One process: x itself."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_processes(values: Dict[str, float], device: torch.device) -> Dict[str, float]:
+    """The mean of each value over all processes (the values themselves for one process)."""
+    if not is_distributed():
+        return dict(values)
+    keys = sorted(values)
+    stacked = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(stacked)
+    return dict(zip(keys, (stacked / dist.get_world_size()).tolist()))
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on at least one process (all processes get the same answer)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------- BatchNorm
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch of all processes
+    (any device, gloo or NCCL; ``torch.nn.SyncBatchNorm`` refuses the CPU). Same parameters,
+    buffers and state-dict keys as ``nn.BatchNorm2d``; a single process, eval mode or frozen
+    statistics behave exactly like it.
+
+    Per-process means and squared deviations are combined exactly (Chan's parallel variance),
+    and gradients flow back through the all-gather to every process's inputs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        count = x.numel() // x.shape[1]                                  # per channel, here
+        local_mean = x.mean(dim=(0, 2, 3))                               # (C,)
+        local_m2 = ((x - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
+        stats = torch.stack([local_mean, local_m2])                      # (2,C)
+        gathered = dist_autograd.all_gather(stats)                     # W x (2,C), differentiable
+        means = torch.stack([g[0] for g in gathered])                   # (W,C)
+        m2 = torch.stack([g[1] for g in gathered]).sum(0)
+        total = count * len(gathered)
+        mean = means.mean(0)
+        var = (m2 + count * ((means - mean) ** 2).sum(0)) / total       # biased, for normalising
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var.detach() * total / max(total - 1, 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        scale = torch.rsqrt(var + self.eps)
+        out = (x - mean[None, :, None, None]) * scale[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` (in place) by ``GlobalBatchNorm2d`` with
+    the same parameters and buffers; returns ``module``."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum,
+                                            child.affine, child.track_running_stats)
+            replacement.load_state_dict(child.state_dict())
+            replacement.train(child.training)
+            replacement.to(next(child.buffers(), torch.empty(0)).device)
+            setattr(module, name, replacement)
+        else:
+            convert_to_global_batchnorm(child)
+    return module
+
+
+# ------------------------------------------------------------------------------- wrappers
+def unwrap(net: nn.Module) -> nn.Module:
+    """The real module inside a DataParallel / DistributedDataParallel wrapper."""
+    return net.module if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
+
+
+def data_parallel_devices(n_gpus: int, device: torch.device) -> Sequence[int]:
+    """CUDA device ids for DataParallel (empty: no DataParallel). ValueError when more GPUs are
+    asked for than are visible."""
+    if device.type != "cuda" or n_gpus <= 1:
+        return []
+    if n_gpus > torch.cuda.device_count():
+        raise ValueError(f"--n_GPUs {n_gpus} but only {torch.cuda.device_count()} CUDA "
+                         "device(s) are visible; lower --n_GPUs or check CUDA_VISIBLE_DEVICES")
+    return list(range(n_gpus))
+
+
+def wrap(model: nn.Module, group: ProcessGroup, device: torch.device,
+         data_parallel: Sequence[int] = ()) -> nn.Module:
+    """The module the training step calls: DDP under torchrun (over the parameters that
+    currently require gradients: rebuild it when that set changes), else DataParallel over
+    ``data_parallel`` devices, else ``model`` itself.
+
+    DDP does not broadcast buffers: the MoCo queues stay equal on every process because every
+    process enqueues the same gathered keys, and BatchNorm statistics are each process's own
+    (rank 0's are saved), or global with ``GlobalBatchNorm2d``.
+    """
+    if group.distributed:
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)
+    if len(data_parallel) > 1:
+        return nn.DataParallel(model, list(data_parallel))
+    return model

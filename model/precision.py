@@ -1,0 +1,63 @@
+"""Numeric precision of training: float32, TF32, or mixed bfloat16 / float16 (autocast).
+
+Checkpoints stay float32 whatever the precision (autocast casts on the fly; the weights, Adam's
+moments and the MoCo queue are float32), so runs in any precision load into each other. The
+contrastive part (MoCo's normalisation and logits), the cross-entropy and the L1 are computed in
+float32 under every precision (see ``MoCo.forward`` and ``loss.Criterion``).
+"""
+import contextlib
+from typing import ContextManager
+
+import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """One of ``PRECISIONS`` for training on ``device``:
+
+    * ``fp32``: true float32, TF32 off for convolutions and matrix products;
+    * ``tf32``: PyTorch's default, the framework's default: convolutions may use TF32 on
+      Ampere and newer GPUs, matrix products stay float32 (same as fp32 on the CPU);
+    * ``bf16``: autocast to bfloat16;
+    * ``fp16``: autocast to float16 with a dynamic gradient scaler (its state is checkpointed).
+    """
+
+    def __init__(self, name: str = "tf32", device: torch.device = torch.device("cpu")) -> None:
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")
+        self.name = name
+        self.dtype = _AUTOCAST.get(name)
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+        if device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = name != "fp32"
+            torch.backends.cuda.matmul.allow_tf32 = False
+
+    @property
+    def scales_gradients(self) -> bool:
+        return self.scaler is not None
+
+    def autocast(self, device: torch.device) -> ContextManager:
+        """The context the forward runs in (nothing for fp32/tf32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step(), through the scaler for fp16 (which skips overflowing steps)."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler and state:
+            self.scaler.load_state_dict(state)
