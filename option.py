@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--c_weight", type=float, default=1.0, help="weight of the contrastive loss")
     g.add_argument("--test_every", type=int, default=50, help="iterations per epoch")
     g.add_argument("--print_every", type=int, default=10, help="iterations between log lines")
+    g.add_argument("--max_bad_steps", type=int, default=20,
+                   help="a step whose loss or gradients are not finite is skipped; this many in "
+                        "a row stop the run (the last checkpoint stays intact)")
 
     g = p.add_argument_group("run folder and evaluation")
     g.add_argument("--save", default="demo", help="run folder name under experiment/")
@@ -222,7 +225,7 @@ def _given(argv: Optional[List[str]], flag: str) -> bool:
 def validate(args: argparse.Namespace) -> None:
     """Raise ValueError with one clear sentence for values that make no sense."""
     positive = ("patch_size", "batch_size", "test_every", "print_every", "blur_kernel", "queue_size",
-                "lr_decay_encoder", "lr_decay_sr", "n_GPUs")
+                "lr_decay_encoder", "lr_decay_sr", "n_GPUs", "max_bad_steps")
     for name in positive:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")

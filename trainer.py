@@ -23,8 +23,8 @@ from data.images import to_image, write_png
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from model.inference import predict
 from model.precision import Precision
-from model.parallel import (ProcessGroup, any_process, barrier, data_parallel_devices,
-                            gather_rows, mean_over_processes, unwrap, wrap)
+from model.parallel import (ProcessGroup, barrier, check_in_sync, data_parallel_devices,
+                            gather_rows, sum_over_processes, unwrap, world_size, wrap)
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
 
@@ -123,10 +123,12 @@ def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, t
 
 @dataclass
 class StepResult:
-    """What one training step did: the forward's ``outputs``, the loss components ``losses``
-    (tensors, ``total`` included) and whether the update was ``applied``."""
+    """What one training step did: the forward's ``outputs``, this process's loss components
+    ``losses`` (tensors, ``total`` included), their means over all processes ``reported``
+    (floats: the global batch's losses) and whether the update was ``applied``."""
     outputs: Dict[str, torch.Tensor]
     losses: Dict[str, torch.Tensor]
+    reported: Dict[str, float]
     applied: bool
 
 
@@ -164,14 +166,18 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     finite = torch.isfinite(losses["total"].detach())
     if not precision.scales_gradients:
         finite = finite & gradients_finite(optimizer).to(finite.device)
-    applied = not any_process(not bool(finite), lr.device)
+    # One collective per step: every process's losses and whether it saw a non-finite value.
+    local = torch.stack([*(v.detach().float() for v in losses.values()), (~finite).float()])
+    totals = sum_over_processes(local).tolist()
+    reported = {k: v / world_size() for k, v in zip(losses, totals)}
+    applied = totals[-1] == 0
     if applied:
         precision.step(optimizer)
         if moco is not None:
             moco.enqueue(gather_rows(outputs["keys"]))
     else:
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(outputs, losses, applied)
+    return StepResult(outputs, losses, reported, applied)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -228,13 +234,18 @@ def evaluate(model: nn.Module, test_sets: Sequence[Dataset], device: torch.devic
 
 
 # ----------------------------------------------------------------------------- the run
+PSNR_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
+LOSS_FIELDS = ("epoch", "iteration", "phase", "lr", "applied", "total", "contrastive")
+
+
 class Trainer:
     """Runs the phases epoch by epoch, validates after each epoch and keeps checkpoints.
 
     Under torchrun every process trains its share of each global batch; rank 0 alone
-    validates and writes the run folder while the others wait. ``run_dir/checkpoint/last.pt``
-    is rewritten atomically after every epoch, so a killed run resumes (``--resume``) from its
-    last finished epoch with the same data stream.
+    validates and writes the run folder while the others wait. The run folder gets
+    ``psnr.csv``/``psnr.png`` (validation per epoch), ``losses.csv`` (the global batch's losses
+    of every iteration) and ``checkpoint/last.pt``, rewritten atomically after every epoch, so a
+    killed run resumes (``--resume``) from its last finished epoch with the same data stream.
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
@@ -258,7 +269,10 @@ class Trainer:
         self.scheduler = None
         self.start_epoch = 1
         self.best_psnr = -math.inf
-        self.records = utility.Records(self.run_dir / "psnr.csv")
+        self.bad_steps = 0                      # consecutive steps with non-finite values
+        self.psnr_table = utility.CsvTable(self.run_dir / "psnr.csv", PSNR_FIELDS)
+        self.loss_table = utility.CsvTable(self.run_dir / "losses.csv",
+                                           LOSS_FIELDS + tuple(getattr(criterion, "names", ())))
 
     def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
         """CUDA devices for DataParallel (none under torchrun: one process per device)."""
@@ -294,6 +308,13 @@ class Trainer:
                     phase=self.phase.name, config=vars(self.args))
 
     def save(self, epoch: int) -> None:
+        """The end-of-epoch checkpoints (every process must call it: it checks that the
+        processes still hold the same model; rank 0 writes)."""
+        moco = self.model.encoder
+        check_in_sync([*self.model.parameters(), moco.queue, moco.queue_ptr],
+                      "the model's parameters or MoCo queue")
+        if not self.group.is_main:
+            return
         fields = dict(self.weights_fields(epoch), optimizer=self.optimizer.state_dict(),
                       scheduler=self.scheduler.state_dict())
         save_checkpoint(self.checkpoint_path("last.pt"), **fields)
@@ -320,8 +341,10 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = epoch + 1
         if self.group.is_main:
-            self.records.forget_after(epoch)
-        self.best_psnr = self.records.best(self.test_sets[0].name)
+            self.psnr_table.forget_after(epoch)
+            self.loss_table.forget_after(epoch)
+        self.best_psnr = max((float(r["psnr"]) for r in self.psnr_table.read()
+                              if r["dataset"] == self.test_sets[0].name), default=-math.inf)
         self.log.info(f"resumed {path} after epoch {epoch}")
 
     # ------------------------------------------------------------------ loop
@@ -341,8 +364,7 @@ class Trainer:
             self.train_epoch(epoch)
             metrics = self.validate(epoch)
             self.scheduler.step()
-            if self.group.is_main:
-                self.save(epoch)
+            self.save(epoch)
             barrier()
         return metrics
 
@@ -363,22 +385,34 @@ class Trainer:
             lr = self.train_set.degradation.apply(hr, batch["params"], batch.get("noise"))
             step = training_step(self.net, lr, hr[:, 0], self.phase, self.criterion,
                                  self.optimizer, precision=self.precision)
-            if not step.applied:
-                skipped += 1
-                self.log.warning(f"epoch {epoch} iteration {it}: non-finite loss or gradients; "
-                                 "step skipped")
-            for key, value in step.losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            self.record_step(epoch, it, lr_now, step)
+            skipped += not step.applied
+            for key, value in step.reported.items():
+                sums[key] = sums.get(key, 0.0) + value
             if it % self.args.print_every == 0 or it == len(loader):
-                means = mean_over_processes({k: v / it for k, v in sums.items()}, self.device)
-                text = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+                text = ", ".join(f"{k} {v / it:.4f}" for k, v in sums.items())
                 self.log.info(f"epoch {epoch} [{it}/{len(loader)}] {self.phase.name}: {text} | "
                               f"lr {lr_now:g} | {meter.seconds_per_step():.2f} s/it, "
                               f"{100 * meter.wait_share():.0f}% waiting for data"
-                              + (f" | {skipped} skipped" if skipped else ""))
-        if skipped == len(loader):
-            raise FloatingPointError(f"every step of epoch {epoch} had a non-finite loss or "
-                                     "gradients; lower the learning rate")
+                              + (f" | {skipped} steps skipped" if skipped else ""))
+
+    def record_step(self, epoch: int, iteration: int, lr: float, step: StepResult) -> None:
+        """losses.csv, and the non-finite guard: a skipped step is logged and counted; after
+        ``--max_bad_steps`` consecutive ones the run stops (the last checkpoint is intact)."""
+        if self.group.is_main:
+            self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": self.phase.name,
+                                    "lr": lr, "applied": int(step.applied), **step.reported}])
+        if step.applied:
+            self.bad_steps = 0
+            return
+        self.bad_steps += 1
+        self.log.warning(f"epoch {epoch} iteration {iteration}: the loss or the gradients are not "
+                         f"finite ({self.bad_steps} in a row); step skipped")
+        if self.bad_steps >= self.args.max_bad_steps:
+            raise FloatingPointError(
+                f"{self.bad_steps} steps in a row had a non-finite loss or gradients (epoch "
+                f"{epoch}, iteration {iteration}); training stopped, the last checkpoint in "
+                f"{self.run_dir / 'checkpoint'} is intact: lower the learning rate and --resume")
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """Scores on the test sets (rank 0; the other processes wait and get {})."""
@@ -401,7 +435,19 @@ class Trainer:
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
                           f"SSIM {m['ssim']:.4f} (bicubic {m['bicubic_psnr']:.2f} dB, "
                           f"{m['bicubic_ssim']:.4f}); best {self.best_psnr:.2f} dB")
-        self.records.add(epoch, self.phase.name, metrics)
-        self.records.plot(self.run_dir / "psnr.png",
-                          title=f"{self.model.name.upper()} x{self.model.scale}")
+        self.psnr_table.write([{"epoch": epoch, "phase": self.phase.name, "dataset": name,
+                                "psnr": f"{m['psnr']:.4f}", "ssim": f"{m['ssim']:.5f}",
+                                "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
+                               for name, m in metrics.items()])
+        self.plot_psnr()
         return metrics
+
+    def plot_psnr(self) -> None:
+        """psnr.png: PSNR per epoch, one curve per test set."""
+        curves: Dict[str, List[float]] = {}
+        rows = self.psnr_table.read()
+        for row in rows:
+            curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
+        utility.plot_curves(self.run_dir / "psnr.png", sorted({int(r["epoch"]) for r in rows}), curves,
+                            xlabel="epoch", ylabel="PSNR (dB)",
+                            title=f"{self.model.name.upper()} x{self.model.scale}")

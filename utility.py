@@ -149,13 +149,13 @@ class StepMeter:
         return self.waiting / self.total if self.total > 0 else 0.0
 
 
-class Records:
-    """A run's validation table ``psnr.csv`` (one row per epoch and test set) and its plot."""
+class CsvTable:
+    """A CSV file of one row per record with fixed ``fields`` (psnr.csv, losses.csv); rows of
+    an ``epoch`` (and ``iteration``) can be dropped when a resumed run redoes them."""
 
-    FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
-
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: Union[str, Path], fields: Sequence[str]) -> None:
         self.path = Path(path)
+        self.fields = tuple(fields)
 
     def read(self) -> List[Dict[str, str]]:
         """The rows, as strings; [] when there is no table yet."""
@@ -166,38 +166,27 @@ class Records:
 
     def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
         new = mode == "w" or not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, mode, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerows(rows)
 
-    def add(self, epoch: int, phase: str, metrics: Dict[str, Dict[str, float]]) -> None:
-        """Append one epoch's results ({set name: {psnr, ssim, bicubic_psnr, ...}})."""
-        self.write([{"epoch": epoch, "phase": phase, "dataset": name, "psnr": f"{m['psnr']:.4f}",
-                     "ssim": f"{m['ssim']:.5f}", "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
-                    for name, m in metrics.items()])
+    def forget_after(self, epoch: int, iteration: int = 0) -> None:
+        """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but
+        before its checkpoint redoes that work on resume and must record it once. Rows without
+        an iteration column count as the end of their epoch."""
+        def done(row: Dict[str, str]) -> bool:
+            row_epoch = int(row["epoch"])
+            if "iteration" not in row or not iteration:
+                return row_epoch <= epoch
+            return row_epoch < epoch + 1 or (row_epoch == epoch + 1 and int(row["iteration"]) <= iteration)
 
-    def forget_after(self, epoch: int) -> None:
-        """Drop rows of epochs after ``epoch``: a run killed between validating and
-        checkpointing an epoch trains that epoch again on resume and must record it once."""
         rows = self.read()
-        kept = [row for row in rows if int(row["epoch"]) <= epoch]
+        kept = [row for row in rows if done(row)]
         if len(kept) < len(rows):
             self.write(kept, mode="w")
-
-    def best(self, dataset: str) -> float:
-        """Best PSNR recorded for ``dataset`` (-inf when none)."""
-        return max((float(r["psnr"]) for r in self.read() if r["dataset"] == dataset), default=-math.inf)
-
-    def plot(self, path: Union[str, Path], title: str) -> None:
-        """PSNR per epoch, one curve per test set."""
-        rows = self.read()
-        curves: Dict[str, List[float]] = {}
-        for row in rows:
-            curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
-        epochs = sorted({int(row["epoch"]) for row in rows})
-        plot_curves(path, epochs, curves, xlabel="epoch", ylabel="PSNR (dB)", title=title)
 
 
 # --------------------------------------------------------------------------- metrics

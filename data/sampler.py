@@ -8,8 +8,7 @@ from torch.utils.data import Sampler
 class GlobalBatchSampler(Sampler[List[int]]):
     """Index batches of one epoch for one of ``world_size`` processes.
 
-    The epoch is a permutation of ``range(length)`` drawn from ``seed`` (the same one a plain
-    ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))`` draws), cut into global
+    The epoch is a permutation of ``range(length)`` drawn from ``seed``, cut into global
     batches of ``batch_size`` (a last partial batch is dropped). Process ``rank`` takes the
     ``rank``-th contiguous share of every global batch, so the shares of all processes,
     concatenated in rank order, are exactly the global batch of a one-process run. ``start``

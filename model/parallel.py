@@ -8,7 +8,7 @@ is a no-op for a single process, so the training code reads the same in every mo
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,6 +76,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def world_size() -> int:
+    """Processes in the group (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def barrier() -> None:
     """Wait for every process (nothing for one)."""
     if dist.is_available() and dist.is_initialized():
@@ -92,23 +97,31 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def mean_over_processes(values: Dict[str, float], device: torch.device) -> Dict[str, float]:
-    """The mean of each value over all processes (the values themselves for one process)."""
+def sum_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``x`` over all processes (``x`` itself for one process)."""
     if not is_distributed():
-        return dict(values)
-    keys = sorted(values)
-    stacked = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(stacked)
-    return dict(zip(keys, (stacked / dist.get_world_size()).tolist()))
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x
 
 
 def any_process(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is true on at least one process (all processes get the same answer)."""
+    return bool(sum_over_processes(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def check_in_sync(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """Raise RuntimeError unless ``tensors`` hold the same values on every process (compared
+    through float64 sums and sums of squares; nothing for one process)."""
     if not is_distributed():
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return
+    local = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
+    everyone = gather_rows(local[None])                                  # (W,n,2)
+    if not torch.equal(everyone, everyone[:1].expand_as(everyone)):
+        differing = (everyone != everyone[:1]).flatten(1).any(1).nonzero().flatten().tolist()
+        raise RuntimeError(f"{what} differ between processes (ranks {differing} vs rank 0); "
+                           "the processes no longer train the same model")
 
 
 def broadcast_object(obj: object) -> object:
@@ -166,6 +179,8 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
             replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum,
                                             child.affine, child.track_running_stats)
             replacement.load_state_dict(child.state_dict())
+            for new, old in zip(replacement.parameters(), child.parameters()):
+                new.requires_grad_(old.requires_grad)      # a MoCo key encoder's stay frozen
             replacement.train(child.training)
             replacement.to(next(child.buffers(), torch.empty(0)).device)
             setattr(module, name, replacement)
@@ -197,16 +212,17 @@ def wrap(model: nn.Module, group: ProcessGroup, device: torch.device,
     currently require gradients: rebuild it when that set changes), else DataParallel over
     ``data_parallel`` devices, else ``model`` itself.
 
-    DDP does not broadcast buffers: the MoCo queues stay equal on every process because every
+    DDP copies rank 0's parameters and buffers to every process when it is built, and does not
+    synchronise buffers at each forward after that: the MoCo queues stay equal because every
     process enqueues the same gathered keys, and BatchNorm statistics are each process's own
-    (rank 0's are saved), or global with ``GlobalBatchNorm2d``.
+    (rank 0's are saved and used for validation) or, with ``GlobalBatchNorm2d``, global.
     """
     if group.distributed:
         if not any(p.requires_grad for p in model.parameters()):
             return model
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)
+            forward_sync_buffers=False)
     if len(data_parallel) > 1:
         return nn.DataParallel(model, list(data_parallel))
     return model
