@@ -24,6 +24,20 @@ def report(metrics, seconds: float) -> None:
               f"same LR: {m['bicubic_psnr']:.2f} dB / {m['bicubic_ssim']:.4f} ({seconds / 60:.1f} min)")
 
 
+def start_run_folder(args, trainer: Trainer, device: torch.device, processes: int) -> None:
+    """The run folder, once every check has passed: a fresh run moves an earlier one aside and
+    writes config.json; a resumed run keeps config.json and appends to resumes.jsonl."""
+    run_dir = utility.prepare_run_dir("experiment", args.save, resume=bool(args.resume))
+    utility.setup_logging(run_dir / "log.txt")
+    record = {"options": vars(args), "device": str(device), "processes": processes}
+    if args.resume:
+        utility.append_json_line(run_dir / "resumes.jsonl", {
+            **record, "command": sys.argv, "time": utility.now(),
+            "from": {"epoch": trainer.start_epoch - 1, "iteration": trainer.start_iteration}})
+    else:
+        utility.write_json(run_dir / "config.json", {**record, "phases": phases_summary(trainer.phases)})
+
+
 def main(argv=None) -> None:
     args = option.parse_args(argv)
     group = process_group_from_env()
@@ -44,20 +58,22 @@ def main(argv=None) -> None:
                       timer.elapsed())
     run_dir = Path("experiment") / args.save
     trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), test_sets, device, run_dir,
-                      group)                                     # every check passed from here on
-    init_process_group(group, device)
-    if group.is_main:
-        utility.prepare_run_dir("experiment", args.save, resume=bool(args.resume))
-        utility.setup_logging(run_dir / "log.txt")
-        utility.write_json(run_dir / "config.json", {"options": vars(args), "device": str(device),
-                                                      "processes": group.world_size,
-                                                      "phases": phases_summary(trainer.phases)})
+                      group)
+    if args.resume:
+        trainer.resume(args.resume)
+    lock = utility.RunLock(run_dir)         # every check has passed; nothing was written so far
+    try:
+        if group.is_main:
+            lock.acquire()
+            start_run_folder(args, trainer, device, group.world_size)
+        init_process_group(group, device)
         log.info(f"{args.model} x{args.scale} on {device}"
                  + (f" x {group.world_size} processes" if group.distributed else "")
                  + f", run folder {run_dir}")
-    try:
-        metrics = trainer.fit()
+        with utility.StopSignals() as stop:
+            metrics = trainer.fit(stop)
     finally:
+        lock.release()
         close_process_group()
     if group.is_main:
         report(metrics, timer.elapsed())

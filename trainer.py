@@ -8,6 +8,7 @@ gradients at construction) and is logged once.
 import argparse
 import dataclasses
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -23,8 +24,9 @@ from data.images import to_image, write_png
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from model.inference import predict
 from model.precision import Precision
-from model.parallel import (ProcessGroup, barrier, check_in_sync, data_parallel_devices,
-                            gather_rows, sum_over_processes, unwrap, world_size, wrap)
+from model.parallel import (ProcessGroup, any_process, barrier, check_in_sync,
+                            data_parallel_devices, gather_rows, sum_over_processes, unwrap,
+                            world_size, wrap)
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
 
@@ -244,8 +246,9 @@ class Trainer:
     Under torchrun every process trains its share of each global batch; rank 0 alone
     validates and writes the run folder while the others wait. The run folder gets
     ``psnr.csv``/``psnr.png`` (validation per epoch), ``losses.csv`` (the global batch's losses
-    of every iteration) and ``checkpoint/last.pt``, rewritten atomically after every epoch, so a
-    killed run resumes (``--resume``) from its last finished epoch with the same data stream.
+    of every iteration) and ``checkpoint/last.pt``, rewritten atomically after every epoch (and
+    mid-epoch when a scheduler's signal stops the run), so a killed run resumes (``--resume``)
+    with the same data stream.
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
@@ -263,11 +266,13 @@ class Trainer:
         self.precision = Precision(args.precision, device)
         self.data_parallel = self.parallel_devices(args.n_GPUs, device)
         self.train_set = build_train_set(args)
-        self.net: nn.Module = model
+        self.net: Optional[nn.Module] = None         # the model as the step calls it (DDP, ...)
         self.phase: Optional[Phase] = None
         self.optimizer = None
         self.scheduler = None
-        self.start_epoch = 1
+        self.start_epoch, self.start_iteration = 1, 0
+        self.progress: Dict[str, object] = {}           # of a mid-epoch checkpoint
+        self.stop: Optional[utility.StopSignals] = None
         self.best_psnr = -math.inf
         self.bad_steps = 0                      # consecutive steps with non-finite values
         self.psnr_table = utility.CsvTable(self.run_dir / "psnr.csv", PSNR_FIELDS)
@@ -285,14 +290,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
     def enter_phase(self, phase: Phase) -> None:
-        """Set what ``phase`` trains; build its DDP/DataParallel wrapper, its optimizer and its
-        per-epoch lr schedule."""
+        """Set what ``phase`` trains; build its optimizer and per-epoch lr schedule. (Its
+        DDP/DataParallel wrapper is built when training starts: DDP needs the process group.)"""
         set_trainable(self.model, phase)
-        self.net = wrap(self.model, self.group, self.device, self.data_parallel)
         self.optimizer = make_optimizer(self.model, phase.lr_at(phase.first))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: phase.lr_at(phase.first + i) / phase.lr_at(phase.first))
         self.phase = phase
+        self.net = None
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.log.info(f"phase '{phase.name}': epochs {phase.first}-{phase.last}, "
                       f"lr {phase.lr_at(phase.first):g}, {n_params:,} trainable parameters")
@@ -307,21 +312,30 @@ class Trainer:
                     model_kwargs=self.model.hparams, model=self.model.state_dict(), epoch=epoch,
                     phase=self.phase.name, config=vars(self.args))
 
-    def save(self, epoch: int) -> None:
-        """The end-of-epoch checkpoints (every process must call it: it checks that the
-        processes still hold the same model; rank 0 writes)."""
+    def save(self, epoch: int, progress: Optional[Dict[str, object]] = None) -> None:
+        """last.pt after ``epoch`` finished epochs, or, with ``progress`` (its ``iteration``
+        and what the loop needs to go on), in the middle of epoch ``epoch + 1``. Every process
+        calls it (it checks they still hold the same model); rank 0 writes. Non-finite weights
+        are never written."""
         moco = self.model.encoder
         check_in_sync([*self.model.parameters(), moco.queue, moco.queue_ptr],
                       "the model's parameters or MoCo queue")
+        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
+                   if t.is_floating_point()):
+            raise FloatingPointError(f"the weights are no longer finite after epoch {epoch}; "
+                                     f"nothing saved, {self.checkpoint_path('last.pt')} is the "
+                                     "last good state: lower the learning rate and --resume")
         if not self.group.is_main:
             return
         fields = dict(self.weights_fields(epoch), optimizer=self.optimizer.state_dict(),
-                      scheduler=self.scheduler.state_dict())
+                      scheduler=self.scheduler.state_dict(), progress=progress)
         save_checkpoint(self.checkpoint_path("last.pt"), **fields)
-        if self.args.save_models:
+        if self.args.save_models and progress is None:
             save_checkpoint(self.checkpoint_path(f"epoch_{epoch}.pt"), **fields)
 
     def resume(self, which: int) -> None:
+        """Continue from ``last.pt`` (``which`` -1) or ``epoch_<which>.pt``: weights, MoCo
+        queue, optimizer, schedule and, for a checkpoint written mid-epoch, the iteration."""
         name = "last.pt" if which == -1 else f"epoch_{which}.pt"
         path = self.checkpoint_path(name)
         if not path.is_file():
@@ -329,29 +343,38 @@ class Trainer:
                                     "or with --save_models to keep per-epoch checkpoints)")
         state = read_checkpoint(path)
         load_weights(self.model, state)
-        epoch = state["epoch"]
-        phase = phase_of(self.phases, epoch)
-        if phase.name != state["phase"]:
-            raise ValueError(f"{path} ended epoch {epoch} in phase '{state['phase']}' but the "
-                             f"current options put epoch {epoch} in '{phase.name}'; use the same "
+        epoch, progress = state["epoch"], state.get("progress") or {}
+        iteration = progress.get("iteration", 0)
+        at = epoch + 1 if iteration else epoch           # the epoch the saved phase belongs to
+        phase = phase_of(self.phases, at) if at <= self.phases[-1].last else None
+        if phase is None or phase.name != state["phase"]:
+            raise ValueError(f"{path} was saved in epoch {at}, phase '{state['phase']}', but the "
+                             f"current options put epoch {at} in "
+                             f"'{phase.name if phase else 'no phase'}'; use the same "
                              "--epochs_encoder/--epochs_sr/--freeze_epoch as the original run")
-        if epoch < self.phases[-1].last and phase_of(self.phases, epoch + 1) is phase:
+        if iteration or (epoch < self.phases[-1].last and phase_of(self.phases, epoch + 1) is phase):
             self.enter_phase(phase)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch = epoch + 1
-        if self.group.is_main:
-            self.psnr_table.forget_after(epoch)
-            self.loss_table.forget_after(epoch)
+        self.start_epoch, self.start_iteration, self.progress = epoch + 1, iteration, progress
+        if iteration:
+            self.precision.load_state_dict(progress.get("scaler") or {})
+            self.bad_steps = progress.get("bad_steps", 0)
+            utility.set_rng_states(progress["rng"])
         self.best_psnr = max((float(r["psnr"]) for r in self.psnr_table.read()
                               if r["dataset"] == self.test_sets[0].name), default=-math.inf)
-        self.log.info(f"resumed {path} after epoch {epoch}")
+        where = f"iteration {iteration} of epoch {epoch + 1}" if iteration else f"epoch {epoch}"
+        self.log.info(f"resumed {path} after {where}")
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> Dict[str, Dict[str, float]]:
-        """Train every remaining epoch; returns the last evaluation (rank 0; {} elsewhere)."""
-        if self.args.resume:
-            self.resume(self.args.resume)
+    def fit(self, stop: Optional[utility.StopSignals] = None) -> Dict[str, Dict[str, float]]:
+        """Train every remaining epoch (call ``resume`` first to continue a run); returns the
+        last evaluation (rank 0; {} elsewhere). A signal caught by ``stop`` ends the run at the
+        end of the current iteration with a checkpoint (``utility.Preempted``)."""
+        self.stop = stop
+        if self.group.is_main:          # a run killed after writing these redoes that work
+            self.psnr_table.forget_after(self.start_epoch - 1)
+            self.loss_table.forget_after(self.start_epoch - 1, self.start_iteration)
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
@@ -361,26 +384,44 @@ class Trainer:
             phase = phase_of(self.phases, epoch)
             if self.phase is not phase:
                 self.enter_phase(phase)
-            self.train_epoch(epoch)
+            if self.net is None:
+                self.net = wrap(self.model, self.group, self.device, self.data_parallel)
+            start = self.start_iteration if epoch == self.start_epoch else 0
+            self.train_epoch(epoch, start, self.progress if start else {})
             metrics = self.validate(epoch)
             self.scheduler.step()
             self.save(epoch)
             barrier()
+            if epoch < last and self.stop_requested():
+                raise self.preempted(f"after epoch {epoch}")
         return metrics
 
-    def train_epoch(self, epoch: int) -> None:
+    def stop_requested(self) -> bool:
+        return any_process(bool(self.stop and self.stop.requested), self.device)
+
+    def preempted(self, where: str) -> utility.Preempted:
+        number = (self.stop and self.stop.requested) or signal.SIGTERM
+        return utility.Preempted(
+            f"stopped by {signal.Signals(number).name} {where}; {self.checkpoint_path('last.pt')} "
+            "holds everything to continue: run the same command with --resume", number)
+
+    def train_epoch(self, epoch: int, start: int = 0, progress: Optional[dict] = None) -> None:
+        """Iterations ``start + 1 ..`` of ``epoch``; ``progress``: the running sums of a
+        mid-epoch checkpoint."""
         # evaluate() leaves everything in train mode; this puts a frozen encoder back in eval
         # mode (and is where requires_grad is set after a resume), so it runs every epoch.
         set_trainable(self.model, self.phase)
         loader = build_train_loader(self.args, self.train_set, epoch_seed(self.args.seed, epoch),
-                                    rank=self.group.rank, world_size=self.group.world_size)
+                                    rank=self.group.rank, world_size=self.group.world_size,
+                                    start=start)
+        total = start + len(loader)
         lr_now = self.optimizer.param_groups[0]["lr"]
         meter = utility.StepMeter()
-        sums: Dict[str, float] = {}
-        skipped = 0
-        bar = tqdm(loader, desc=f"epoch {epoch} ({self.phase.name})", leave=False,
-                   disable=None if self.group.is_main else True)
-        for it, batch in enumerate(meter.timed(bar), 1):
+        sums: Dict[str, float] = dict((progress or {}).get("sums", {}))
+        skipped = (progress or {}).get("skipped", 0)
+        bar = tqdm(loader, desc=f"epoch {epoch} ({self.phase.name})", leave=False, initial=start,
+                   total=total, disable=None if self.group.is_main else True)
+        for it, batch in enumerate(meter.timed(bar), start + 1):
             hr = batch["hr"].to(self.device, non_blocking=True).float()        # (b,2,3,P,P)
             lr = self.train_set.degradation.apply(hr, batch["params"], batch.get("noise"))
             step = training_step(self.net, lr, hr[:, 0], self.phase, self.criterion,
@@ -389,12 +430,17 @@ class Trainer:
             skipped += not step.applied
             for key, value in step.reported.items():
                 sums[key] = sums.get(key, 0.0) + value
-            if it % self.args.print_every == 0 or it == len(loader):
+            if it % self.args.print_every == 0 or it == total:
                 text = ", ".join(f"{k} {v / it:.4f}" for k, v in sums.items())
-                self.log.info(f"epoch {epoch} [{it}/{len(loader)}] {self.phase.name}: {text} | "
+                self.log.info(f"epoch {epoch} [{it}/{total}] {self.phase.name}: {text} | "
                               f"lr {lr_now:g} | {meter.seconds_per_step():.2f} s/it, "
                               f"{100 * meter.wait_share():.0f}% waiting for data"
                               + (f" | {skipped} steps skipped" if skipped else ""))
+            if it < total and self.stop_requested():
+                self.save(epoch - 1, progress={
+                    "iteration": it, "sums": sums, "skipped": skipped, "bad_steps": self.bad_steps,
+                    "scaler": self.precision.state_dict(), "rng": utility.rng_states()})
+                raise self.preempted(f"in epoch {epoch} after iteration {it}")
 
     def record_step(self, epoch: int, iteration: int, lr: float, step: StepResult) -> None:
         """losses.csv, and the non-finite guard: a skipped step is logged and counted; after
@@ -424,7 +470,15 @@ class Trainer:
         return metrics
 
     def validate(self, epoch: int) -> Dict[str, Dict[str, float]]:
+        """Evaluate after ``epoch``: log, psnr.csv, psnr.png, best.pt (rank 0). A non-finite
+        score stops the run before anything of this epoch is written."""
         metrics = self.evaluate()
+        bad = [name for name, m in metrics.items() if not math.isfinite(m["psnr"]) and m["psnr"] != math.inf]
+        if any_process(bool(bad), self.device):
+            raise FloatingPointError(f"validation after epoch {epoch} gave a non-finite PSNR on "
+                                     f"{', '.join(bad) or 'rank 0'}: training diverged; nothing of "
+                                     f"this epoch was saved, {self.checkpoint_path('last.pt')} is "
+                                     "the last good state: lower the learning rate and --resume")
         if not self.group.is_main:
             return metrics
         first = metrics[self.test_sets[0].name]["psnr"]

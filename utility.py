@@ -11,6 +11,9 @@ import json
 import logging
 import math
 import os
+import random
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import cv2
 import numpy as np
 import torch
+from torch.distributed import DistError
 
 Image = Union[torch.Tensor, np.ndarray]
 LOGGER_NAME = "cdsr"
@@ -67,6 +71,16 @@ def write_json(path: Union[str, Path], data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def append_json_line(path: Union[str, Path], record: dict) -> None:
+    """Append ``record`` as one JSON line (a log of events, e.g. a run's resumes)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def select_device(cpu: bool, cuda_index: Optional[int] = None) -> torch.device:
     """CUDA when available and not ``cpu`` (device ``cuda_index``, e.g. torchrun's local rank,
     when given); chosen once per run."""
@@ -77,14 +91,126 @@ def select_device(cpu: bool, cuda_index: Optional[int] = None) -> torch.device:
 
 def prepare_run_dir(root: Union[str, Path], name: str, resume: bool) -> Path:
     """``root/name``, created. Starting afresh where a run already exists moves the old folder
-    aside to ``name.<timestamp>`` instead of overwriting anything."""
+    aside to ``name.<timestamp>`` (announced on stderr) instead of overwriting anything."""
     run_dir = Path(root) / name
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         archived = run_dir.with_name(f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(archived)
         get_logger().info(f"moved the earlier run {run_dir} to {archived}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob("checkpoint/.*.tmp"):     # left by a save that was killed
+        stale.unlink()
     return run_dir
+
+
+class RunLock:
+    """A run folder belongs to one live run: ``<run>.lock`` beside it holds the owner's pid,
+    host and start time. ``acquire`` refuses (ValueError) while a live process on this host
+    (or any process on another host) owns it, and takes over a dead process's lock with a
+    warning; ``release`` removes the lock if it is ours."""
+
+    def __init__(self, run_dir: Union[str, Path]) -> None:
+        run_dir = Path(run_dir)
+        self.path = run_dir.with_name(run_dir.name + ".lock")
+        self.owned = False
+
+    def _owner(self) -> Optional[dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": now()}
+        for _ in range(2):
+            try:
+                with open(self.path, "x") as f:              # atomic: fails if it exists
+                    json.dump(record, f)
+                self.owned = True
+                return
+            except FileExistsError:
+                owner = self._owner() or {}
+                if owner.get("host") != record["host"] or _alive(owner.get("pid")):
+                    raise ValueError(
+                        f"run folder {self.path.with_suffix('')} is in use by pid {owner.get('pid')} on "
+                        f"{owner.get('host')} since {owner.get('started')} ({self.path}); choose "
+                        "another --save, or delete the lock file if that run is gone") from None
+                get_logger().warning(f"taking over the lock of a dead run (pid {owner.get('pid')}, "
+                                     f"started {owner.get('started')}): {self.path}")
+                self.path.unlink(missing_ok=True)
+        raise ValueError(f"cannot lock {self.path}: another run took it just now")
+
+    def release(self) -> None:
+        if self.owned and (self._owner() or {}).get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.owned = False
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def rng_states() -> Dict[str, object]:
+    """Every global random state (torch CPU and CUDA, NumPy, Python) as tensors and plain
+    values, so a checkpoint holding them loads with ``weights_only=True``."""
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": [list(part) if isinstance(part, tuple) else part for part in random.getstate()]}
+
+
+def set_rng_states(states: Dict[str, object]) -> None:
+    """Restore what ``rng_states`` returned (CUDA states only where the devices exist)."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached"]))
+    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in states["python"]))
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after writing a checkpoint; the message says how to go on."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class StopSignals:
+    """While active (a context manager), SIGTERM and SIGUSR1, which cluster schedulers send
+    before killing a job, do not kill the process: they set ``requested`` to the signal number,
+    and the training loop stops cleanly at the end of its current iteration."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested = 0
+        self._previous: Dict[int, object] = {}
+
+    def _handle(self, number: int, frame) -> None:
+        self.requested = number
+
+    def __enter__(self) -> "StopSignals":
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 def _reports_errors() -> bool:
@@ -108,6 +234,17 @@ def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(on_interrupt, file=sys.stderr)
         return 130
+    except DistError as error:  # another process of the job failed or vanished
+        if os.environ.get("CDSR_DEBUG"):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: (rank {os.environ.get('RANK', '0')}) lost contact with the other "
+              f"processes: {first}", file=sys.stderr)
+        return 2
+    except Preempted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(stop, file=sys.stderr)
+        return 128 + stop.signal_number
     except (ValueError, OSError, FloatingPointError) as error:  # OSError names its file
         if os.environ.get("CDSR_DEBUG"):
             raise

@@ -1,5 +1,6 @@
 """Data builders: the only place in ``data/`` that reads command-line options."""
 import argparse
+import signal
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -61,7 +62,15 @@ def build_train_loader(args: argparse.Namespace, dataset: PatchPairs, seed: int,
     sampler = GlobalBatchSampler(len(dataset), args.batch_size, seed, rank=rank,
                                  world_size=world_size, start=start)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=args.n_threads,
-                      pin_memory=torch.cuda.is_available() and not args.cpu)
+                      pin_memory=torch.cuda.is_available() and not args.cpu,
+                      worker_init_fn=_leave_stop_signals_to_the_trainer)
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM/SIGUSR1 (a scheduler signals the whole process group):
+    the training process finishes its iteration, checkpoints, and ends them itself."""
+    for number in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def build_training_degradation(args: argparse.Namespace) -> TrainingDegradation:

@@ -27,7 +27,7 @@ from .dasr import DIV2K_RGB_MEAN, div2k_mean_255
 
 FORMAT = "cdsr-framework/1"
 OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch", "phase", "config",
-              "model_kwargs")
+              "model_kwargs", "progress")
 _REQUIRED_FIELDS = ("model_name", "scale", "model")
 _LEAVES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
 _KEY_ENCODER = "encoder.key_encoder."

@@ -34,6 +34,8 @@ def run(args, run_dir):
     model = build_model("dasr", scale=2, **TINY_DASR)
     trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), build_test_sets(args),
                       torch.device("cpu"), run_dir)
+    if args.resume:
+        trainer.resume(args.resume)
     return trainer, trainer.fit()
 
 
