@@ -22,7 +22,7 @@ from data import build_train_loader, build_train_set, build_training_degradation
 from data.benchmark import BenchmarkSet
 from data.images import to_image, write_png
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from model.inference import predict
+from model.inference import bicubic_upscale, predict
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
 RECORD_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")  # psnr.csv
@@ -135,11 +135,6 @@ def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
     return {"ensemble": args.self_ensemble, "tile": args.tile if args.chop else None,
             "overlap": args.tile_overlap, "embed_crop": args.embed_crop or None,
             "global_stats": args.tile_pooling == "image"}
-
-
-def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B,3,h,w) -> (B,3,s*h,s*w) plain bicubic (a = -0.75), the baseline every SR must beat."""
-    return nn.functional.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
 @torch.no_grad()
