@@ -9,7 +9,7 @@ from data import build_test_sets
 from loss import build_loss
 from model import make_model
 from model.checkpoint import load_weights
-from trainer import Trainer, evaluate, inference_policy, phases_summary
+from trainer import Trainer, phases_summary
 
 
 def report(metrics, seconds: float) -> None:
@@ -29,13 +29,10 @@ def main(argv=None) -> None:
     if args.pre_train:
         log.info(f"loaded {load_weights(model, args.pre_train)} weights from {args.pre_train}")
     test_sets = build_test_sets(args)
-    if args.test_only:
-        return report(evaluate(model, test_sets, device, with_bicubic=True, **inference_policy(args)),
-                      timer.elapsed())
     trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), test_sets, device, run_dir)
     utility.write_json(run_dir / "config.json", {"options": vars(args), "device": str(device),
                                                   "phases": phases_summary(trainer.phases)})
-    log.info(f"{args.model} x{args.scale} on {device}, run folder {run_dir}")
+    log.info(f"{args.model} x{args.scale} on {device} (preset {args.preset}), run folder {run_dir}")
     report(trainer.fit(), timer.elapsed())
 
 

@@ -161,3 +161,14 @@ def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """(B,3,h,w) -> (B,3,s*h,s*w) plain bicubic (a = -0.75), the baseline every SR must beat."""
     return nn.functional.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
 
+
+def describe_policy(policy: dict) -> str:
+    """One sentence for ``predict``'s keyword arguments ``policy`` (as in result tables)."""
+    parts = []
+    if policy.get("tile"):
+        pooling = "whole-image DQA means" if policy.get("global_stats") else "per-tile DQA means"
+        parts.append(f"tiles of {policy['tile']} LR px, overlap {policy.get('overlap', 32)}, embedding "
+                     f"from the centred {policy.get('embed_crop') or 'whole'} crop, {pooling}")
+    if policy.get("ensemble"):
+        parts.append("x8 self-ensemble")
+    return "; ".join(parts) or "whole image at once (the authors' eval forward)"
