@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import utility
 from data.eval_set import EvalSet
 from data.images import read_image, write_png
 from data.protocols import protocol_settings
@@ -210,9 +211,6 @@ def test_make_testsets_errors_are_one_line_with_exit_code_2(tmp_path, hr_dir, ca
     for key, value in zip(extra[::2], extra[1::2]):
         args[key] = str(tmp_path / value) if value in ("EMPTY", "BROKEN") else value
     argv = [item for pair in args.items() for item in pair]
-    try:
-        code = make_testsets.main(argv)
-    except SystemExit as stop:                                   # argparse errors
-        code = stop.code
+    code = utility.run_cli(lambda: make_testsets.main(argv))     # as the script runs it
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and match in err
