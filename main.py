@@ -6,16 +6,26 @@ import torch
 import option
 import utility
 from data import build_test_sets
+from data.report import plot_set_comparison
 from loss import build_loss
 from model import make_model
 from model.checkpoint import load_weights
-from trainer import Trainer, phases_summary
+from trainer import Trainer, evaluate, inference_policy, phases_summary
 
 
 def report(metrics, seconds: float) -> None:
     for name, m in metrics.items():
         print(f"{name}: PSNR {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}; bicubic upscaling of the "
               f"same LR: {m['bicubic_psnr']:.2f} dB / {m['bicubic_ssim']:.4f} ({seconds / 60:.1f} min)")
+
+
+def show(model, test_sets, device, args, run_dir) -> None:
+    """The final model's SR images of the validation sets in run_dir/results/ and a figure of
+    bicubic | SR | HR crops per set in run_dir/figures/, named in the last line printed."""
+    evaluate(model, test_sets, device, save_dir=run_dir / "results", **inference_policy(args))
+    figures = [plot_set_comparison(run_dir / "figures" / f"compare_{s.name}.png", s, run_dir / "results")
+               for s in test_sets]
+    print(f"bicubic | SR | HR crops: {', '.join(str(path) for path in figures)}")
 
 
 def main(argv=None) -> None:
@@ -34,6 +44,7 @@ def main(argv=None) -> None:
                                                   "phases": phases_summary(trainer.phases)})
     log.info(f"{args.model} x{args.scale} on {device} (preset {args.preset}), run folder {run_dir}")
     report(trainer.fit(), timer.elapsed())
+    show(model, test_sets, device, args, run_dir)
 
 
 if __name__ == "__main__":

@@ -148,3 +148,11 @@ def plot_comparisons(folder: Path, sets: Sequence[EvalSet], sr_dir: Path,
         log.warning(f"no image named {', '.join(unknown)} in the evaluated sets")
     return written
 
+
+def plot_set_comparison(path: Path, eval_set: EvalSet, sr_dir: Path, max_images: int = 4) -> Path:
+    """``path``: a row per image (the first ``max_images``) of bicubic upscaling | SR | HR crops
+    of one set, the SR read from ``sr_dir`` as in ``plot_comparisons``."""
+    rows = [_comparison_row(eval_set, i, sr_dir) for i in range(min(len(eval_set), max_images))]
+    utility.plot_image_grid(path, [r[0] for r in rows], [r[1] for r in rows],
+                            row_labels=eval_set.image_names()[:len(rows)])
+    return Path(path)
