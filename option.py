@@ -41,8 +41,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class _AcceptedOnly(argparse.Action):
-    """A flag of the authors' command lines whose only allowed value is what this framework does
-    anyway: argparse checks the value against ``choices``; nothing is stored."""
+    """An authors' flag whose only value (``choices``) is what we do anyway: nothing is stored."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         pass
@@ -131,9 +130,9 @@ def _add_benchmark_flags(g) -> None:
 def _add_degradation_flags(g, use: str, noise_help: str) -> None:
     """The degradation convention and the fixed degradation of ``use`` (validation, test)."""
     g.add_argument("--degradation", choices=("dasr", "manet"), default="dasr",
-                   help="degradation convention: 'manet' (CDSR authors' training code and the "
-                        "preset 'cdsr': aniso variances and radians, top-left kernels, decimation) "
-                        "or 'dasr' (std-devs and degrees, centred kernels, MATLAB bicubic)")
+                   help="degradation convention: 'manet' (the CDSR authors' training code, "
+                        "main.py's preset cdsr: aniso variances and radians, top-left kernels, "
+                        "decimation) or 'dasr' (std-devs and degrees, centred kernels, MATLAB bicubic)")
     g.add_argument("--blur_type", choices=("iso_gaussian", "aniso_gaussian"), default="iso_gaussian")
     g.add_argument("--blur_kernel", type=int, default=21, help="blur kernel size")
     g.add_argument("--sig", type=float, default=1.2, help=f"{use}: iso blur std-dev")
@@ -174,7 +173,8 @@ def build_test_parser() -> argparse.ArgumentParser:
     from data.protocols import PROTOCOLS  # here, so that importing option stays light
 
     p = ArgumentParser(
-        prog="test.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Score a checkpoint (ours or the authors') on benchmark sets under a fixed "
+        prog="test.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Score a checkpoint (ours or the authors') on benchmark sets under a fixed "
                     "degradation or every setting of a published protocol, or super-resolve "
                     "your own images.")
     g = p.add_argument_group("checkpoint and hardware")
@@ -189,9 +189,9 @@ def build_test_parser() -> argparse.ArgumentParser:
     g.add_argument("--dir_data", default=None, help="the default --test_path is DIR_DATA/benchmark")
     _add_benchmark_flags(g)
     g.add_argument("--testsets", default=None,
-                   help="with --protocol: read the LR images from ROOT/<protocol>/<dataset>_x<scale>/ "
-                        "or ROOT/<dataset>_x<scale>/ (scripts/make_testsets.py, MANet's "
-                        "prepare_testset.py, the CDSR README's SRTestset) instead of generating them")
+                   help="with --protocol: read the LR from ROOT/<protocol>/<D>_x<scale>/ or "
+                        "ROOT/<D>_x<scale>/ (make_testsets.py, MANet's prepare_testset.py, "
+                        "CDSR's SRTestset)")
 
     g = p.add_argument_group("degradation (without --protocol: one fixed degradation)")
     _add_degradation_flags(g, "test", "test: noise level (0..255 units)")
@@ -209,8 +209,7 @@ def build_test_parser() -> argparse.ArgumentParser:
                    help="also write the SR images and figures (PSNR per setting; bicubic | SR | HR crops)")
     g.add_argument("--figure_images", default=None,
                    help="with --save_results: '+'-separated image names (file stems) for the "
-                        "bicubic | SR | HR comparison figures; default: the first image of "
-                        "each --data_test set")
+                        "bicubic | SR | HR figures; default: each set's first image")
 
     g = p.add_argument_group("own images")
     g.add_argument("--input", default=None,
@@ -266,7 +265,8 @@ def _validate_evaluation(args: argparse.Namespace) -> None:
     """The fixed degradation and inference flags of main.py and test.py."""
     for flag, value, least in (("--noise", args.noise, 0), ("--sig", args.sig, 0),
                                ("--blur_kernel", args.blur_kernel, 1), ("--tile", args.tile, 1),
-                               ("--tile_overlap", args.tile_overlap, 0), ("--embed_crop", args.embed_crop, 0)):
+                               ("--tile_overlap", args.tile_overlap, 0),
+                               ("--embed_crop", args.embed_crop, 0)):
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     if args.blur_kernel % 2 == 0:

@@ -154,5 +154,5 @@ def fixed_setting(convention: str, scale: int, blur_type: str, *, sig: float,
         params.update(blur="aniso", sig1_variance=float(lambda_1), sig2_variance=float(lambda_2),
                       theta_rad=float(theta))
         what = f"aniso var {lambda_1:g}/{lambda_2:g} theta {theta:g} rad"
-    extras = (" s-fold" if convention == "dasr" and decimated else "") + (f" noise {noise:g}" if noise else "")
-    return Setting(f"{convention} {what}{extras}", params)
+    what += " s-fold" if convention == "dasr" and decimated else ""
+    return Setting(f"{convention} {what}" + (f" noise {noise:g}" if noise else ""), params)

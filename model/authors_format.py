@@ -1,11 +1,7 @@
-"""The authors' checkpoint format: raw ``BlindSR.state_dict()``s and their key names.
-
-The authors' CDSR and DASR trainers save the whole model's state dict (keys ``G.*`` and
-``E.encoder_q.*``) without MoCo's ``E.encoder_k.*``, ``E.queue`` and ``E.queue_ptr``. Their names
-map to ours through the rule tables below (``_RULES``, one per published model), which work in
-both directions; ``infer_authors_model`` reads the model and scale from the keys and shapes.
-Loading such a file into a model is ``model.checkpoint.load_weights``.
-"""
+"""The authors' checkpoint format: raw ``BlindSR.state_dict()``s (keys ``G.*``, ``E.encoder_q.*``;
+no MoCo ``E.encoder_k.*``, ``E.queue``, ``E.queue_ptr``). Their key names map to ours through the
+rule tables ``_RULES`` (one per published model, both directions); ``infer_authors_model`` reads
+model and scale from keys and shapes. Loading: ``model.checkpoint.load_weights``."""
 import math
 import re
 from dataclasses import dataclass
@@ -266,10 +262,9 @@ def ours_to_authors(state_dict: dict, model_name: str, *, keep_momentum: bool = 
 
 
 def _square_root(n: int, what: str) -> int:
-    root = math.isqrt(n)
-    if root * root != n:
+    if math.isqrt(n) ** 2 != n:
         raise CheckpointError(f"cannot infer the scale: {what} has {n} output channels")
-    return root
+    return math.isqrt(n)
 
 
 def infer_authors_model(state_dict: dict) -> tuple[str, int]:

@@ -13,7 +13,8 @@ import model
 import utility
 from model.authors_format import (authors_constants, authors_to_ours, infer_authors_model,
                                   map_authors_key, map_our_key, ours_to_authors)
-from model.checkpoint import FORMAT, CheckpointError, load_model, load_weights, read_checkpoint, save_checkpoint
+from model.checkpoint import (FORMAT, CheckpointError, load_model, load_weights, read_checkpoint,
+                              save_checkpoint)
 from helpers import TINY, images, tiny
 from scripts import convert_checkpoint
 from scripts.golden.common import authors_state
