@@ -10,6 +10,7 @@ import torch
 import option
 import utility
 from data import build_test_sets
+from data.report import plot_set_comparison
 from loss import build_loss
 from model import make_model
 from model.checkpoint import load_weights
@@ -38,6 +39,15 @@ def start_run_folder(args, trainer: Trainer, device: torch.device, processes: in
         utility.write_json(run_dir / "config.json", {**record, "phases": phases_summary(trainer.phases)})
 
 
+def show(model, test_sets, device, args, run_dir) -> None:
+    """The final model's SR images of the validation sets in run_dir/results/ and a figure of
+    bicubic | SR | HR crops per set in run_dir/figures/, named in the last line printed."""
+    evaluate(model, test_sets, device, save_dir=run_dir / "results", **inference_policy(args))
+    figures = [plot_set_comparison(run_dir / "figures" / f"compare_{s.name}.png", s, run_dir / "results")
+               for s in test_sets]
+    print(f"bicubic | SR | HR crops: {', '.join(str(path) for path in figures)}")
+
+
 def main(argv=None) -> None:
     args = option.parse_args(argv)
     group = process_group_from_env()
@@ -53,9 +63,6 @@ def main(argv=None) -> None:
     if args.pre_train:
         log.info(f"loaded {load_weights(model, args.pre_train)} weights from {args.pre_train}")
     test_sets = build_test_sets(args)
-    if args.test_only:
-        return report(evaluate(model, test_sets, device, with_bicubic=True, **inference_policy(args)),
-                      timer.elapsed())
     run_dir = Path("experiment") / args.save
     trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), test_sets, device, run_dir,
                       group)
@@ -67,7 +74,7 @@ def main(argv=None) -> None:
             lock.acquire()
             start_run_folder(args, trainer, device, group.world_size)
         init_process_group(group, device)
-        log.info(f"{args.model} x{args.scale} on {device}"
+        log.info(f"{args.model} x{args.scale} on {device} (preset {args.preset})"
                  + (f" x {group.world_size} processes" if group.distributed else "")
                  + f", run folder {run_dir}")
         with utility.StopSignals() as stop:
@@ -77,6 +84,7 @@ def main(argv=None) -> None:
         close_process_group()
     if group.is_main:
         report(metrics, timer.elapsed())
+        show(model, test_sets, device, args, run_dir)
 
 
 if __name__ == "__main__":

@@ -32,18 +32,26 @@ def _resume_value(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags end with one line, ``error: ...``, and exit status 2."""
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every entry point and script: a bad flag ends with one line,
+    ``error: ...``, and exit status 2 (as ``utility.run_cli`` reports every other bad input)."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+class _AcceptedOnly(argparse.Action):
+    """An authors' flag whose only value (``choices``) is what we do anyway: nothing is stored."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model.precision import PRECISIONS  # here, so that importing option stays light
 
-    p = _Parser(
-        description="Train and evaluate CDSR / DASR blind super-resolution.",
+    p = ArgumentParser(
+        description="Train CDSR / DASR blind super-resolution (score checkpoints with test.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="set of defaults: 'demo' (short CPU run, the defaults shown here) or the "
@@ -71,42 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "with scikit-image and matplotlib are used")
     g.add_argument("--data_train", default="DF2K",
                    help="training set(s) under --dir_data, '+'-separated (HR images in NAME/HR or NAME)")
-    g.add_argument("--data_test", default="Set5",
-                   help="benchmark set(s), '+'-separated, looked up under --test_path")
-    g.add_argument("--test_path", default=None,
-                   help="root of the benchmark sets (default: DIR_DATA/benchmark); dataset D is "
-                        "read from D/x<scale>, D/HR or D")
+    _add_benchmark_flags(g)
     g.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="upscaling factor")
     g.add_argument("--patch_size", type=int, default=24, help="LR training patch size")
     g.add_argument("--batch_size", type=int, default=8, help="training images per batch")
 
     g = p.add_argument_group("degradation")
-    g.add_argument("--degradation", choices=("dasr", "manet"), default="dasr",
-                   help="degradation convention: 'manet' (CDSR authors' training code and the "
-                        "preset 'cdsr': aniso variances, top-left kernels, decimation) or 'dasr' "
-                        "(std-devs, centred kernels, MATLAB bicubic)")
-    g.add_argument("--blur_type", choices=("iso_gaussian", "aniso_gaussian"), default="iso_gaussian")
-    g.add_argument("--blur_kernel", type=int, default=21, help="blur kernel size")
+    _add_degradation_flags(g, "validation", "training: largest noise level (0..255 units, each "
+                           "image draws one in [0, noise]); validation: the level used")
     g.add_argument("--sig_min", type=float, default=0.2,
                    help="training: smallest iso std-dev (aniso, manet convention: smallest variance)")
     g.add_argument("--sig_max", type=float, default=2.0,
                    help="training: largest iso std-dev (aniso, manet convention: largest variance)")
     g.add_argument("--lambda_min", type=float, default=0.2, help="training, dasr aniso: smallest std-dev")
     g.add_argument("--lambda_max", type=float, default=4.0, help="training, dasr aniso: largest std-dev")
-    g.add_argument("--noise", type=float, default=0.0,
-                   help="training: largest noise level (0..255 units); evaluation: the level used")
-    g.add_argument("--sig", type=float, default=1.2, help="evaluation: iso blur std-dev")
-    g.add_argument("--lambda_1", type=float, default=0.2,
-                   help="evaluation, aniso: dasr std-dev along x / manet variance sig1")
-    g.add_argument("--lambda_2", type=float, default=4.0,
-                   help="evaluation, aniso: dasr std-dev along y / manet variance sig2")
-    g.add_argument("--theta", type=float, default=0.0,
-                   help="evaluation, aniso: angle (dasr: degrees, manet: radians)")
-    g.add_argument("--sample_mode", choices=("bicubic", "s-fold"), default="bicubic",
-                   help="downsampling, in the authors' names: dasr 'bicubic' = MATLAB bicubic, "
-                        "'s-fold' = pixel 0 of each block; manet 'bicubic' = direct decimation")
-    g.add_argument("--sv_mode", type=int, default=0, choices=(0,),
-                   help="spatially variant training blur (0 = off; modes 1-5 exist for test sets)")
+    g.add_argument("--sv_mode", type=int, choices=(0,), action=_AcceptedOnly, default=argparse.SUPPRESS,
+                   help="spatially variant training blur: only 0 (off) is implemented, accepted "
+                        "so that the CDSR README's command runs; test sets with spatially variant "
+                        "modes 1-6: scripts/make_testsets.py --sv_modes")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="CDSR", help="network: CDSR or DASR (case-insensitive)")
@@ -133,19 +123,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a step whose loss or gradients are not finite is skipped; this many in "
                         "a row stop the run (the last checkpoint stays intact)")
 
-    g = p.add_argument_group("run folder and evaluation")
+    g = p.add_argument_group("run folder")
     g.add_argument("--save", default="demo", help="run folder name under experiment/")
     g.add_argument("--resume", type=_resume_value, nargs="?", const=-1, default=0,
                    help="resume experiment/SAVE: -1 or no value = latest, N = epoch N "
                         "(needs --save_models), 0 = start fresh")
     g.add_argument("--save_models", action="store_true", help="keep a checkpoint of every epoch")
-    g.add_argument("--test_only", action="store_true", help="only evaluate --pre_train on --data_test")
-    g.add_argument("--save_results", action="store_true", help="write SR images of the evaluation")
-    g.add_argument("--self_ensemble", action="store_true", help="x8 flip/rotation ensemble at test time")
+    _add_inference_flags(p)
+    return p
+
+
+def _add_benchmark_flags(g) -> None:
+    g.add_argument("--data_test", default="Set5",
+                   help="benchmark set(s), '+'-separated, looked up under --test_path")
+    g.add_argument("--test_path", default=None,
+                   help="root of the benchmark sets (default: DIR_DATA/benchmark); dataset D is "
+                        "read from D/x<scale>, D/HR or D")
+
+
+def _add_degradation_flags(g, use: str, noise_help: str) -> None:
+    """The degradation convention and the fixed degradation of ``use`` (validation, test)."""
+    g.add_argument("--degradation", choices=("dasr", "manet"), default="dasr",
+                   help="degradation convention: 'manet' (the CDSR authors' training code, "
+                        "main.py's preset cdsr: aniso variances and radians, top-left kernels, "
+                        "decimation) or 'dasr' (std-devs and degrees, centred kernels, MATLAB bicubic)")
+    g.add_argument("--blur_type", choices=("iso_gaussian", "aniso_gaussian"), default="iso_gaussian")
+    g.add_argument("--blur_kernel", type=int, default=21, help="blur kernel size")
+    g.add_argument("--sig", type=float, default=1.2, help=f"{use}: iso blur std-dev")
+    g.add_argument("--lambda_1", type=float, default=0.2,
+                   help=f"{use}, aniso: dasr std-dev along x / manet variance sig1")
+    g.add_argument("--lambda_2", type=float, default=4.0,
+                   help=f"{use}, aniso: dasr std-dev along y / manet variance sig2")
+    g.add_argument("--theta", type=float, default=0.0,
+                   help=f"{use}, aniso: angle (dasr: degrees, manet: radians)")
+    g.add_argument("--noise", type=float, default=0.0, help=noise_help)
+    g.add_argument("--sample_mode", choices=("bicubic", "s-fold"), default="bicubic",
+                   help="downsampling, in the authors' names: dasr 'bicubic' = MATLAB bicubic, "
+                        "'s-fold' = pixel 0 of each block; manet 'bicubic' = direct decimation")
+
+
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference (validation, test.py)")
+    g.add_argument("--self_ensemble", action="store_true", help="x8 flip/rotation ensemble")
     g.add_argument("--chop", action="store_true",
                    help="tiled inference for large images (embedding once, SR network per tile)")
-
-    g = p.add_argument_group("tiled inference (--chop)")
     g.add_argument("--tile", type=int, default=128,
                    help="with --chop: LR tile side; only the SR network runs per tile")
     g.add_argument("--tile_overlap", type=int, default=32,
@@ -159,59 +180,66 @@ def build_parser() -> argparse.ArgumentParser:
                         "'tile' (bounded memory, output deviates from untiled) or 'image' (exact: "
                         "two passes per block keep the whole-image means; holds three 64-channel "
                         "LR-size feature maps)")
-    return p
 
 
 def build_test_parser() -> argparse.ArgumentParser:
-    """The training flags plus test.py's own; --model and --scale default to the checkpoint's."""
+    """test.py's flags, and only those: the model and scale come from the checkpoint."""
     from data.protocols import PROTOCOLS  # here, so that importing option stays light
 
-    p = build_parser()
-    p.prog = "test.py"
-    p.usage = ("%(prog)s --pre_train CKPT [--protocol NAME --data_test SETS --test_path ROOT] "
-               "[--input PATH --output DIR] [--chop] [--self_ensemble] ... (see --help)")
-    p.description = ("Score a checkpoint (ours or the authors') on benchmark sets under a fixed "
-                     "degradation or every setting of a published protocol, or super-resolve "
-                     "your own images.")
-    p.set_defaults(save="test")
-    g = p.add_argument_group("test.py: protocols and tables")
+    p = ArgumentParser(
+        prog="test.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Score a checkpoint (ours or the authors') on benchmark sets under a fixed "
+                    "degradation or every setting of a published protocol, or super-resolve "
+                    "your own images.")
+    g = p.add_argument_group("checkpoint and hardware")
+    g.add_argument("--pre_train", required=True,
+                   help="checkpoint: ours or the authors' state dict; the model and scale come from it")
+    g.add_argument("--model", default=None, help="check that the checkpoint holds this model")
+    g.add_argument("--scale", type=int, default=None, choices=(2, 3, 4),
+                   help="check that the checkpoint is for this scale")
+    g.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+
+    g = p.add_argument_group("benchmark sets")
+    g.add_argument("--dir_data", default=None, help="the default --test_path is DIR_DATA/benchmark")
+    _add_benchmark_flags(g)
+    g.add_argument("--testsets", default=None,
+                   help="with --protocol: read the LR from ROOT/<protocol>/<D>_x<scale>/ or "
+                        "ROOT/<D>_x<scale>/ (make_testsets.py, MANet's prepare_testset.py, "
+                        "CDSR's SRTestset)")
+
+    g = p.add_argument_group("degradation (without --protocol: one fixed degradation)")
+    _add_degradation_flags(g, "test", "test: noise level (0..255 units)")
     g.add_argument("--protocol", choices=PROTOCOLS, default=None,
-                   help="score every setting of a published test protocol (rows of the table) "
-                        "instead of the single --sig/--lambda_1/--lambda_2/--theta/--noise "
-                        "degradation: cdsr (CDSR Table 2 / MANet sets), dasr-iso (DASR Table 2), "
-                        "dasr-aniso (DASR Table 3, x4), gaussian8 (IKC/DAN); noisy settings use the "
-                        "seeded noise of scripts/make_testsets.py's default --seed 0")
+                   help="score every setting of a published protocol instead: cdsr (CDSR Table 2, "
+                        "MANet's sets), dasr-iso / dasr-aniso (DASR Tables 2 / 3), gaussian8 "
+                        "(IKC/DAN); noise seeded as scripts/make_testsets.py's default --seed 0")
     g.add_argument("--protocol_noise", type=float, default=None,
                    help="with --protocol: only this noise level (0..255 units); default: every "
-                        "level the paper reports at --scale")
-    g.add_argument("--testsets", default=None,
-                   help="with --protocol: read the LR images from ROOT/<protocol>/<dataset>_x<scale>/ "
-                        "(written by scripts/make_testsets.py or MANet's prepare_testset.py) "
-                        "instead of generating them on the fly")
+                        "level the paper reports at the checkpoint's scale")
+
+    g = p.add_argument_group("results")
+    g.add_argument("--save", default="test", help="tables go to experiment/SAVE/")
+    g.add_argument("--save_results", action="store_true",
+                   help="also write the SR images and figures (PSNR per setting; bicubic | SR | HR crops)")
     g.add_argument("--figure_images", default=None,
                    help="with --save_results: '+'-separated image names (file stems) for the "
-                        "LR-bicubic | SR | HR comparison figures; default: the first image of "
-                        "each --data_test set")
+                        "bicubic | SR | HR figures; default: each set's first image")
 
-    g = p.add_argument_group("test.py: own images")
+    g = p.add_argument_group("own images")
     g.add_argument("--input", default=None,
-                   help="an LR image or a folder of them to super-resolve (any size; grayscale, "
-                        "RGBA and 16-bit files are read) into OUTPUT/<name>.png: 8-bit, grayscale "
-                        "for grayscale input, RGBA with the alpha channel bicubic-upscaled")
+                   help="an LR image or a folder of them (any size; grayscale, RGBA, 16-bit) -> "
+                        "OUTPUT/<name>.png, 8-bit, of the input's kind (RGBA: alpha bicubic-upscaled)")
     g.add_argument("--output", default=None, help="folder for the SR images of --input")
-
+    _add_inference_flags(p)
     return p
 
 
-def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]],
-                       test: bool) -> argparse.Namespace:
+def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
     known, _ = parser.parse_known_args(argv)
     preset = known.preset
     if preset is None:
         preset = "demo" if known.dir_data is None else (known.model or "cdsr").lower()
     parser.set_defaults(preset=preset, **PRESETS.get(preset, {}))
-    if test:  # the checkpoint says which model and scale it is
-        parser.set_defaults(model=None, scale=None)
     return parser.parse_args(argv)
 
 
@@ -224,7 +252,7 @@ def _given(argv: Optional[List[str]], flag: str) -> bool:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ValueError with one clear sentence for values that make no sense."""
-    positive = ("patch_size", "batch_size", "test_every", "print_every", "blur_kernel", "queue_size",
+    positive = ("patch_size", "batch_size", "test_every", "print_every", "queue_size",
                 "lr_decay_encoder", "lr_decay_sr", "n_GPUs", "max_bad_steps")
     for name in positive:
         if getattr(args, name) <= 0:
@@ -232,19 +260,14 @@ def validate(args: argparse.Namespace) -> None:
     for name in ("lr_encoder", "lr_sr", "gamma_encoder", "gamma_sr"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("noise", "sig", "c_weight", "sig_min", "lambda_min"):
+    for name in ("c_weight", "sig_min", "lambda_min"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.sig_min > args.sig_max:
         raise ValueError(f"--sig_min {args.sig_min} is larger than --sig_max {args.sig_max}")
     if args.lambda_min > args.lambda_max:
         raise ValueError(f"--lambda_min {args.lambda_min} is larger than --lambda_max {args.lambda_max}")
-    if args.blur_kernel % 2 == 0:
-        raise ValueError(f"--blur_kernel must be odd, got {args.blur_kernel}")
-    for flag, value, least in (("--tile", args.tile, 1), ("--tile_overlap", args.tile_overlap, 0),
-                               ("--embed_crop", args.embed_crop, 0)):
-        if value < least:
-            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    _validate_evaluation(args)
     if args.n_threads < 0:
         raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
     if args.queue_size % args.batch_size:
@@ -259,8 +282,21 @@ def check_world_size(args: argparse.Namespace, world_size: int) -> None:
                          f"the {world_size} processes; choose a multiple of {world_size}")
 
 
+def _validate_evaluation(args: argparse.Namespace) -> None:
+    """The fixed degradation and inference flags of main.py and test.py."""
+    for flag, value, least in (("--noise", args.noise, 0), ("--sig", args.sig, 0),
+                               ("--blur_kernel", args.blur_kernel, 1), ("--tile", args.tile, 1),
+                               ("--tile_overlap", args.tile_overlap, 0),
+                               ("--embed_crop", args.embed_crop, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    if args.blur_kernel % 2 == 0:
+        raise ValueError(f"--blur_kernel must be odd, got {args.blur_kernel}")
+
+
 def validate_test(args: argparse.Namespace) -> None:
     """ValueError for test.py options that are out of range or contradict each other."""
+    _validate_evaluation(args)
     if args.input and not args.output:
         raise ValueError("--input needs --output, the folder for the SR images")
     if args.input and args.protocol:
@@ -279,15 +315,13 @@ def validate_test(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argparse.Namespace:
-    """Parsed, validated options of main.py (or of test.py with ``test=True``)."""
+    """Parsed, validated options of main.py (or, with ``test=True``, of test.py)."""
     parser = build_test_parser() if test else build_parser()
-    args = _parse_with_preset(parser, argv, test)
+    args = parser.parse_args(argv) if test else _parse_with_preset(parser, argv)
     try:
-        validate(args)
-        if test:
-            validate_test(args)
-        roots = (args.dir_data, args.test_path, getattr(args, "testsets", None))
-        if roots == (None, None, None) and _given(argv, "--data_test"):
+        (validate_test if test else validate)(args)
+        roots = (args.dir_data, args.test_path) + ((args.testsets,) if test else ())
+        if roots == (None,) * len(roots) and _given(argv, "--data_test"):
             raise ValueError(f"--data_test {args.data_test}: say where its images are with "
                              "--test_path ROOT (or --dir_data); without either, evaluation uses "
                              "the held-out sample photos")

@@ -15,18 +15,18 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import utility
 from data import build_train_loader, build_train_set, epoch_seed
+from data.eval_set import EvalSet
 from data.images import to_image, write_png
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from model.inference import predict
-from model.precision import Precision
+from model.inference import bicubic_upscale, predict
 from model.parallel import (ProcessGroup, any_process, barrier, check_in_sync,
                             data_parallel_devices, gather_rows, sum_over_processes, unwrap,
                             world_size, wrap)
+from model.precision import Precision
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
 
@@ -191,21 +191,17 @@ def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
             "global_stats": args.tile_pooling == "image"}
 
 
-def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B,3,h,w) -> (B,3,s*h,s*w) plain bicubic (a = -0.75), the baseline every SR must beat."""
-    return nn.functional.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, test_sets: Sequence[Dataset], device: torch.device, *,
+def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.device, *,
              with_bicubic: bool = False, save_dir: Optional[Path] = None,
              **policy) -> Dict[str, Dict[str, float]]:
     """PSNR/SSIM (Y, border = scale) of the model on each set: the only evaluation loop.
 
-    ``test_sets``: datasets with a unique ``name`` whose items are ``{"name": str, "lr": float
-    (3,h,w), "hr": float (3,s*h,s*w)}`` in 0..255, e.g. the fixed-degradation ``BenchmarkSet``s
-    of training validation, or test.py's one set per (dataset, protocol setting), named
-    ``<dataset>/<setting>``. ``policy``: keyword arguments of ``model.inference.predict``
+    ``test_sets``: ``data.eval_set.EvalSet``s (one dataset under one degradation setting) with
+    unique names, whose items are ``{"name": str, "lr": float (3,h,w), "hr": float (3,s*h,s*w)}``
+    in 0..255: training validation's fixed-degradation sets (named after their dataset), or
+    test.py's, one per (dataset, protocol setting) named ``<dataset>/<setting>``. ``policy``:
+    keyword arguments of ``model.inference.predict``
     (ensemble, tile, overlap, embed_crop, global_stats); none = the authors' eval forward.
 
     Returns ``{set name: {"psnr", "ssim"[, "bicubic_psnr", "bicubic_ssim"]}}`` (means over
@@ -252,7 +248,7 @@ class Trainer:
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
-                 test_sets: Sequence[Dataset], device: torch.device, run_dir: Path,
+                 test_sets: Sequence[EvalSet], device: torch.device, run_dir: Path,
                  group: ProcessGroup = ProcessGroup()) -> None:
         self.args = args
         self.model = model

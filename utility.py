@@ -328,8 +328,9 @@ class CsvTable:
 
 # --------------------------------------------------------------------------- metrics
 
-def _as_hwc(image: Image) -> np.ndarray:
-    """(3,H,W) / (1,3,H,W) tensor or (H,W,3) array in 0..255 -> quantised float64 (H,W,3)."""
+def _as_hwc(image: Image, data_range: float) -> np.ndarray:
+    """(3,H,W) / (1,3,H,W) tensor or (H,W,3) array in 0..data_range -> quantised float64
+    (H,W,3) in 0..255."""
     if isinstance(image, torch.Tensor):
         if image.dim() == 4:
             if image.shape[0] != 1:
@@ -339,6 +340,8 @@ def _as_hwc(image: Image) -> np.ndarray:
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"metrics expect RGB images, got shape {image.shape}")
+    if data_range != 255:
+        image = image * (255.0 / data_range)
     return np.round(np.clip(image, 0, 255))
 
 
@@ -347,8 +350,10 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
     return 16.0 + image @ np.array([65.481, 128.553, 24.966]) / 255.0
 
 
-def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool):
-    sr, hr = _as_hwc(sr), _as_hwc(hr)
+def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool, data_range: float):
+    if not data_range > 0:
+        raise ValueError(f"data_range must be positive, got {data_range}")
+    sr, hr = _as_hwc(sr, data_range), _as_hwc(hr, data_range)
     if sr.shape != hr.shape:
         raise ValueError(f"SR {sr.shape} and HR {hr.shape} differ in size")
     if y_channel:
@@ -363,10 +368,11 @@ def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool):
 
 def psnr(sr: Image, hr: Image, *, crop_border: int, y_channel: bool = True,
          data_range: float = 255.0) -> float:
-    """PSNR in dB (module docstring convention). Identical images give ``inf``."""
-    sr, hr = _prepare(sr, hr, crop_border, y_channel)
+    """PSNR in dB (module docstring convention) of images in 0..``data_range`` (rescaled to
+    0..255 first, so the value does not depend on the range). Identical images give ``inf``."""
+    sr, hr = _prepare(sr, hr, crop_border, y_channel, data_range)
     mse = np.mean((sr - hr) ** 2)
-    return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
 def _gaussian_window() -> np.ndarray:
@@ -390,9 +396,11 @@ def _ssim_single(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
-def ssim(sr: Image, hr: Image, *, crop_border: int, y_channel: bool = True) -> float:
-    """MATLAB-style SSIM (module docstring convention); per-channel mean when not on Y."""
-    sr, hr = _prepare(sr, hr, crop_border, y_channel)
+def ssim(sr: Image, hr: Image, *, crop_border: int, y_channel: bool = True,
+         data_range: float = 255.0) -> float:
+    """MATLAB-style SSIM (module docstring convention) of images in 0..``data_range`` (rescaled
+    to 0..255 first); per-channel mean when not on Y."""
+    sr, hr = _prepare(sr, hr, crop_border, y_channel, data_range)
     if min(sr.shape[:2]) < 11:
         raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {sr.shape[:2]}")
     if y_channel:

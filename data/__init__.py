@@ -2,18 +2,19 @@
 import argparse
 import signal
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
-from data.benchmark import BenchmarkSet, named_files
-from data.degradation import TrainingDegradation, make_fixed_degradation, make_training_degradation
+from data.degradation import TrainingDegradation, make_training_degradation
+from data.eval_set import EvalSet, ImageSource
 from data.hr_folder import PatchPairs, folder_sources
 from data.images import ImageError, list_images
 from data.sampler import GlobalBatchSampler
 from data.protocols import protocol_settings
-from data.testsets import Row, SettingSet, find_hr_dir, protocol_rows, read_protocol_sets
+from data.setting import Setting, fixed_setting
+from data.testsets import find_hr_dir, read_protocol_sets
 from data.sample_photos import held_out_photos, training_photos
 
 def training_folders(args: argparse.Namespace) -> List[Path]:
@@ -82,12 +83,13 @@ def build_training_degradation(args: argparse.Namespace) -> TrainingDegradation:
         sample_mode=args.sample_mode)
 
 
-def build_eval_degradation(args: argparse.Namespace) -> Callable:
-    """The fixed evaluation degradation of ``--sig``/``--lambda_1``/``--lambda_2``/``--theta``/``--noise``."""
-    return make_fixed_degradation(
-        args.degradation, args.scale, args.blur_type, sig=args.sig,
-        lambda_1=args.lambda_1, lambda_2=args.lambda_2, theta=args.theta, noise=args.noise,
-        kernel_size=args.blur_kernel, sample_mode=args.sample_mode)
+def eval_setting(args: argparse.Namespace, scale: int) -> Setting:
+    """The fixed evaluation degradation of ``--degradation --blur_type --sig --lambda_1
+    --lambda_2 --theta --noise --blur_kernel --sample_mode`` (the convention's units) as a Setting
+    whose parameters name their units; used by training validation and test.py."""
+    return fixed_setting(args.degradation, scale, args.blur_type, sig=args.sig, lambda_1=args.lambda_1,
+                         lambda_2=args.lambda_2, theta=args.theta, noise=args.noise,
+                         kernel_size=args.blur_kernel, sample_mode=args.sample_mode)
 
 
 def test_root(args: argparse.Namespace) -> Path:
@@ -96,41 +98,33 @@ def test_root(args: argparse.Namespace) -> Path:
     return Path(args.dir_data) / "benchmark"
 
 
-def hr_images(args: argparse.Namespace) -> Dict[str, List[Tuple[str, object]]]:
+def hr_images(args: argparse.Namespace, scale: int) -> Dict[str, List[Tuple[str, ImageSource]]]:
     """(name, path or array) HR images per ``--data_test`` set; the held-out sample photos
     (one set, 'photos') without ``--dir_data``/``--test_path``."""
     if args.dir_data is None and args.test_path is None:
         return {"photos": list(held_out_photos().items())}
-    return {name: named_files(list_images(find_hr_dir(test_root(args), name, args.scale)))
+    return {name: [(path.stem, path) for path in list_images(find_hr_dir(test_root(args), name, scale))]
             for name in args.data_test.split("+")}
 
 
-def build_test_sets(args: argparse.Namespace) -> List[BenchmarkSet]:
-    """The ``--data_test`` sets under the fixed evaluation degradation (training validation)."""
-    degrade = build_eval_degradation(args)
-    return [BenchmarkSet(name, images, args.scale, degrade, args.seed)
-            for name, images in hr_images(args).items()]
+def build_test_sets(args: argparse.Namespace, scale: Optional[int] = None) -> List[EvalSet]:
+    """The ``--data_test`` sets under the fixed evaluation degradation (``eval_setting``), each
+    named after its dataset: training validation, and test.py without ``--protocol``.
+    ``scale`` defaults to ``--scale``."""
+    scale = args.scale if scale is None else scale
+    setting = eval_setting(args, scale)
+    return [EvalSet(name, setting, images, name=name) for name, images in hr_images(args, scale).items()]
 
 
-def fixed_label(args: argparse.Namespace) -> str:
-    """Table row label of the fixed evaluation degradation."""
-    if args.blur_type == "iso_gaussian":
-        blur = f"iso sig {args.sig:g}"
-    else:
-        blur = f"aniso {args.lambda_1:g}/{args.lambda_2:g} theta {args.theta:g}"
-    return f"{args.degradation} {blur}" + (f" noise {args.noise:g}" if args.noise else "")
-
-
-def build_eval_rows(args: argparse.Namespace) -> List[Row]:
-    """test.py's sets in table order: every ``--protocol`` setting of every ``--data_test``
-    set (generated on the fly, or read from ``--testsets``), or the fixed degradation."""
-    if not args.protocol:
-        return [Row(fixed_label(args), s.name, s) for s in build_test_sets(args)]
-    settings = protocol_settings(args.protocol, args.scale, args.protocol_noise)
+def build_protocol_sets(args: argparse.Namespace, scale: int) -> List[EvalSet]:
+    """test.py's sets for ``--protocol`` (``--protocol_noise``) at ``scale``, setting by setting
+    and each across the ``--data_test`` sets: read from ``--testsets`` or generated (seeded as
+    scripts/make_testsets.py's files are)."""
+    settings = protocol_settings(args.protocol, scale, args.protocol_noise)
     if args.testsets:
-        per_dataset = {name: read_protocol_sets(Path(args.testsets), name, settings)
+        per_dataset = {name: read_protocol_sets(Path(args.testsets), args.protocol, name, settings)
                        for name in args.data_test.split("+")}
     else:
-        per_dataset = {name: [SettingSet(name, s, images) for s in settings]
-                       for name, images in hr_images(args).items()}
-    return protocol_rows(settings, per_dataset)
+        per_dataset = {name: [EvalSet(name, s, images) for s in settings]
+                       for name, images in hr_images(args, scale).items()}
+    return [sets[i] for i in range(len(settings)) for sets in per_dataset.values()]

@@ -36,6 +36,29 @@ def list_images(folder: PathLike) -> List[Path]:
     return files
 
 
+def output_pairs(source: PathLike, output: PathLike) -> List[Tuple[Path, Path]]:
+    """(input image, ``output/<stem>.png``) for the image file ``source`` or each image in the
+    folder ``source``; creates ``output``. ValueError when two inputs share a stem, an output
+    would overwrite its input, or ``output`` cannot be created."""
+    source, output = Path(source), Path(output)
+    files = list_images(source) if source.is_dir() else [source]
+    stems = [path.stem for path in files]
+    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if clashes:
+        raise ValueError(f"{source} holds several images named {', '.join(clashes)} (different "
+                         "extensions); their outputs would overwrite each other")
+    pairs = [(path, output / f"{path.stem}.png") for path in files]
+    for path, target in pairs:
+        if target.resolve() == path.resolve():
+            raise ValueError(f"output folder {output} would overwrite the input {path}; choose another")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the output folder {output}: {error.strerror}; choose a "
+                         "writable one") from error
+    return pairs
+
+
 def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
     """Any decoded image (H,W), (H,W,1), (H,W,3) BGR-free RGB or (H,W,4) RGBA, uint8 or uint16
     -> uint8 (H,W,3) RGB."""

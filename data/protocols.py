@@ -1,4 +1,5 @@
-"""Published blind-SR test protocols as data (test-set folders: ``data/testsets.py``).
+"""Published blind-SR test protocols as data: lists of ``data.setting.Setting``s (their test-set
+folders: ``data/testsets.py``).
 
 Protocols (``protocol_settings(name, scale)`` lists their settings):
 
@@ -23,28 +24,18 @@ Protocols (``protocol_settings(name, scale)`` lists their settings):
   MATLAB-exact ``imresize``; DASR's clamped variant would change the border rows by a few grey
   levels).
 
-Noise is seeded from (seed, image name, setting label), so every LR image is reproducible
-whatever the order or subset.
+Noise is seeded from (seed, image name, setting label) (``data.setting.noise_seed``), so every
+LR image is reproducible whatever the order or subset.
 """
-import hashlib
-import logging
 import math
-from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
-from data.benchmark import modcrop
-from data.degradation import FixedDegradation, add_noise, blur, make_fixed_degradation, quantize
-from data.images import to_image, to_tensor
-from data.kernels import dasr_isotropic_kernel
-from data.resize import bicubic_downsample, decimate
-from data.spatially_variant import SV_MODES, spatially_variant_blur, sv_kernels
+from data.setting import Setting, base_params
+from data.spatially_variant import SV_MODES
 
-__all__ = ["PROTOCOLS", "Setting", "ProtocolPair", "protocol_settings", "fixed_degradation"]
-
-log = logging.getLogger(__name__)
+__all__ = ["PROTOCOLS", "protocol_settings", "cdsr_setting"]
 
 PROTOCOLS = ("cdsr", "dasr-iso", "dasr-aniso", "gaussian8")
 SCALES = {"cdsr": (2, 3, 4), "dasr-iso": (2, 3, 4), "dasr-aniso": (4,), "gaussian8": (2, 3, 4)}
@@ -54,7 +45,6 @@ DASR_ISO_SIGMAS = {2: (0.0, 0.6, 1.2, 1.8), 3: (0.0, 0.8, 1.6, 2.4), 4: (0.0, 1.
 DASR_ANISO_KERNELS = ((2.0, 0.2, 0.0), (2.0, 1.0, 10.0), (3.5, 1.5, 30.0), (3.5, 2.0, 45.0), (3.5, 2.0, 90.0),
                       (4.0, 1.5, 120.0), (4.0, 2.0, 135.0), (4.0, 3.0, 165.0), (4.0, 4.0, 180.0))
 GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
-KERNEL_SIZE = 21
 NOTES = {
     "cdsr": "MANet/CDSR convention on [0,1] float32 HR, quantised round(x*255); sig1/sig2 are "
             "variances, theta radians (file names print it with one decimal, pi/4 -> 0.8). Noise-free "
@@ -70,109 +60,6 @@ NOTES = {
     "gaussian8": "IKC convention: centred 21x21 isotropic kernel (std-dev), reflect padding, MATLAB "
                  "bicubic with MATLAB's mirrored borders, round and clamp.",
 }
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One degradation of a protocol (one table column).
-
-    label: short unique name for table rows; params: JSON-serialisable description (the field
-    names of ``../shared/golden/degradation_index.json``); folder: LR folder inside a test set;
-    suffix: LR file name is ``{image}_{suffix}.png`` (``{image}.png`` when empty)."""
-    protocol: str
-    label: str
-    scale: int
-    noise: float
-    params: dict = field(hash=False)
-    folder: str = "LR_mode0_noise0"
-    suffix: str = ""
-
-    @property
-    def hr_folder(self) -> str:
-        return "HR_sv" if self.params.get("sv_mode") else "HR_si"
-
-    def lr_name(self, image_name: str) -> str:
-        return f"{image_name}_{self.suffix}.png" if self.suffix else f"{image_name}.png"
-
-    def degrade(self, hr: np.ndarray, *, seed: int, image_name: str = "") -> np.ndarray:
-        """hr uint8 (H, W, 3) RGB -> lr uint8 (H//s, W//s, 3) of ``modcrop(hr, s)`` (the HR to
-        score against). Random parts use a generator seeded from (seed, image_name, label)."""
-        if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[2] != 3:
-            raise ValueError(f"hr must be uint8 (H, W, 3), got {hr.dtype} {hr.shape}")
-        generator = torch.Generator().manual_seed(_derived_seed(seed, image_name, self.label))
-        x = to_tensor(modcrop(hr, self.scale))[None]                      # (1, 3, H, W) 0..255
-        lr = _PIPELINES[self.params["convention"]](x, self.params, generator)
-        return to_image(lr)
-
-
-class ProtocolPair(NamedTuple):
-    name: str            # HR image name (file stem)
-    setting: Setting
-    lr: np.ndarray       # uint8 (h, w, 3)
-    hr: np.ndarray       # uint8 (s*h, s*w, 3)
-
-
-# ----------------------------------------------------------------------------- pipelines
-def _derived_seed(seed: int, image_name: str, label: str) -> int:
-    digest = hashlib.sha256(f"{seed}|{image_name}|{label}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
-
-
-def fixed_degradation(params: dict) -> FixedDegradation:
-    """A ``FixedDegradation`` from ``params`` written with the golden index's field names
-    (convention dasr/manet, scale, blur none/iso/aniso, sigma_std, lambda_*_std, theta_deg,
-    sig*_variance, theta_rad, noise, kernel_size, downsample)."""
-    convention, blur_type = params["convention"], params.get("blur", "none")
-    sample_mode = "s-fold" if (convention == "dasr" and params.get("downsample") == "decimate") else "bicubic"
-    common = dict(noise=float(params.get("noise", 0.0)), kernel_size=int(params.get("kernel_size", KERNEL_SIZE)),
-                  sample_mode=sample_mode)
-    if blur_type in ("none", "iso"):
-        return make_fixed_degradation(convention, int(params["scale"]), "iso",
-                                      sig=float(params.get("sigma_std", 0.0)), **common)
-    if convention == "dasr":
-        return make_fixed_degradation("dasr", int(params["scale"]), "aniso", lambda_1=params["lambda_1_std"],
-                                      lambda_2=params["lambda_2_std"], theta=params["theta_deg"], **common)
-    return make_fixed_degradation("manet", int(params["scale"]), "aniso", lambda_1=params["sig1_variance"],
-                                  lambda_2=params["sig2_variance"], theta=params["theta_rad"], **common)
-
-
-def _unit_quantize(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    """MANet's ending on a [0,1] LR: noise*N(0,1)/255, clip to [0,1], round(x*255)."""
-    if params["noise"] > 0:
-        x = add_noise(x, torch.tensor([params["noise"] / 255.0]), generator).clamp(0, 1)
-    return (x * 255.0).round()
-
-
-def _manet_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    """hr (1,3,H,W) 0..255 -> MANet test LR (1,3,h,w) 0..255, computed on [0,1] like MANet."""
-    degradation = fixed_degradation({**params, "noise": 0.0})
-    return _unit_quantize(degradation.lr_float(hr / 255.0), params, generator)
-
-
-def _manet_sv_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    """hr (1,3,H,W) 0..255 -> spatially variant MANet LR (1,3,h,w), 40x40-block kernels."""
-    scale = params["scale"]
-    kernel_map = sv_kernels(params["sv_mode"], hr.shape[-2], hr.shape[-1], scale, generator,
-                            size=params["kernel_size"], block=params["block"])
-    x = decimate(spatially_variant_blur(hr / 255.0, kernel_map, params["block"]), scale)
-    return _unit_quantize(x, params, generator)
-
-
-def _dasr_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    return fixed_degradation(params)(hr, generator)
-
-
-def _ikc_pipeline(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    """Centred 21x21 iso kernel, reflect padding, MATLAB bicubic (mirror borders), noise, round."""
-    kernel = dasr_isotropic_kernel(torch.tensor([params["sigma_std"]]), params["kernel_size"])
-    x = bicubic_downsample(blur(hr, kernel, "reflect"), params["scale"], border="mirror")
-    if params["noise"] > 0:
-        x = add_noise(x, torch.tensor([params["noise"]]), generator)
-    return quantize(x)
-
-
-_PIPELINES = {"manet": _manet_pipeline, "manet-sv": _manet_sv_pipeline, "dasr": _dasr_pipeline,
-              "ikc": _ikc_pipeline}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -191,45 +78,44 @@ def _cdsr_kernels(scale: int) -> list[tuple[float, float, float]]:
     return out
 
 
-def base_params(convention: str, scale: int, noise: float, pad: str, downsample: str) -> dict:
-    return {"convention": convention, "scale": scale, "kernel_size": KERNEL_SIZE, "pad": pad,
-            "downsample": downsample, "noise": noise}
+def cdsr_setting(sig1: float, sig2: float, theta: float, scale: int, noise: float) -> Setting:
+    """MANet's test kernel (``sig1``, ``sig2`` variances, ``theta`` radians) at ``scale`` and
+    ``noise``: label and file suffix ``{sig1:.1f}_{sig2:.1f}_{theta:.1f}`` (pi/4 prints 0.8)."""
+    suffix = f"{sig1:.1f}_{sig2:.1f}_{theta:.1f}"
+    params = {**base_params("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
+              "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
+    return Setting(suffix + noise_tag(noise), params, f"LR_mode0_noise{noise:g}", suffix)
 
 
 def _settings_at(protocol: str, scale: int, noise: float) -> list[Setting]:
     folder, tag = f"LR_mode0_noise{noise:g}", noise_tag(noise)
     out = []
     if protocol == "cdsr":
-        for sig1, sig2, theta in _cdsr_kernels(scale):
-            suffix = f"{sig1:.1f}_{sig2:.1f}_{theta:.1f}"
-            params = {**base_params("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
-                      "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
-            out.append(Setting(protocol, suffix + tag, scale, noise, params, folder, suffix))
+        out = [cdsr_setting(sig1, sig2, theta, scale, noise) for sig1, sig2, theta in _cdsr_kernels(scale)]
     elif protocol == "dasr-iso":
         for sigma in DASR_ISO_SIGMAS[scale]:
             params = {**base_params("dasr", scale, noise, "reflect", "matlab_bicubic"),
                       "blur": "iso" if sigma > 0 else "none", "sigma_std": sigma}
-            out.append(Setting(protocol, f"sig{sigma:.1f}{tag}", scale, noise, params, folder, f"sig{sigma:.1f}"))
+            out.append(Setting(f"sig{sigma:.1f}{tag}", params, folder, f"sig{sigma:.1f}"))
     elif protocol == "dasr-aniso":
         for lambda_1, lambda_2, theta in DASR_ANISO_KERNELS:
             suffix = f"l{lambda_1:.1f}_l{lambda_2:.1f}_t{theta:.0f}"
             params = {**base_params("dasr", scale, noise, "reflect", "matlab_bicubic"), "blur": "aniso",
                       "lambda_1_std": lambda_1, "lambda_2_std": lambda_2, "theta_deg": theta}
-            out.append(Setting(protocol, suffix + tag, scale, noise, params, folder, suffix))
+            out.append(Setting(suffix + tag, params, folder, suffix))
     else:
         for sigma in np.linspace(*GAUSSIAN8_RANGE[scale], 8):
             sigma = round(float(sigma), 10)  # 2.0, not 2.0000000000000004
             params = {**base_params("ikc", scale, noise, "reflect", "matlab_bicubic_mirror"), "blur": "iso",
                       "sigma_std": sigma}
-            out.append(Setting(protocol, f"sig{sigma:.2f}{tag}", scale, noise, params, folder, f"sig{sigma:.2f}"))
+            out.append(Setting(f"sig{sigma:.2f}{tag}", params, folder, f"sig{sigma:.2f}"))
     return out
 
 
 def _sv_setting(mode: int, scale: int, noise: float) -> Setting:
     params = {**base_params("manet-sv", scale, noise, "replicate", "decimate"), "blur": "aniso",
               "sv_mode": mode, "block": 40, "domain": "unit"}
-    return Setting("cdsr", f"sv{mode}{noise_tag(noise)}", scale, noise, params,
-                   f"LR_mode{mode}_noise{noise:g}", "")
+    return Setting(f"sv{mode}{noise_tag(noise)}", params, f"LR_mode{mode}_noise{noise:g}")
 
 
 def _check_protocol(protocol: str, scale: int) -> None:

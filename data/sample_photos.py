@@ -10,6 +10,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from data.images import ImageError, read_image
+from model.inference import centre_crop
 
 # (package, file name). Colour photos first; grayscale ones become three equal channels.
 TRAIN_PHOTOS = [
@@ -42,13 +43,6 @@ def _load(photos: List[Tuple[str, str]]) -> Dict[str, np.ndarray]:
         raise ImageError("none of the photos bundled with scikit-image/matplotlib were found; "
                          "install them (pip install -r requirements.txt) or pass --dir_data")
     return images
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """(H,W,3) -> (min(H,size), min(W,size), 3) around the centre."""
-    h, w = image.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[top:top + size, left:left + size]
 
 
 def training_photos() -> Dict[str, np.ndarray]:

@@ -1,33 +1,34 @@
-"""Test sets: folders of protocol LR images on disk, and the evaluation datasets made of them.
+"""Test-set folders on disk: benchmark HR folders, and protocol LR images written and read back.
 
-A test set ``OUT/<protocol>/<name>_x<s>/`` holds ``HR_si/{image}.png`` (HR cropped to a multiple
-of s), ``LR_mode0_noise<n>/{image}_{suffix}.png``, for spatially variant modes ``HR_sv/`` and
+A test set of protocol P, dataset D and scale s is written to ``ROOT/D_x<s>/`` for ``cdsr`` (the
+layout of MANet's ``prepare_testset.py`` and the CDSR README's ``SRTestset``) and to
+``ROOT/P/D_x<s>/`` for the others. It holds ``HR_si/{image}.png`` (HR cropped to a multiple of
+s), ``LR_mode0_noise<n>/{image}_{suffix}.png``, for spatially variant modes ``HR_sv/`` and
 ``LR_mode<k>_noise<n>/{image}.png``, and ``manifest.json`` (protocol, kernel parameters, seed,
-noise, HR source, image names and sizes). Sets written by MANet's ``prepare_testset.py`` are read
-too, their settings parsed from the file names.
+noise, HR source, image names and sizes). Folders written by MANet's script (no manifest) are
+read too, their settings parsed from the file names. Reading gives ``EvalSet``s.
 """
 import json
 import logging
 import math
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from data.benchmark import modcrop
-from data.images import IMAGE_SUFFIXES, list_images, read_image, to_tensor, write_png
-from data.protocols import NOTES, ProtocolPair, Setting, base_params, noise_tag, protocol_settings
+from data.eval_set import EVAL_SEED, EvalSet
+from data.images import IMAGE_SUFFIXES, list_images, read_image, write_png
+from data.protocols import NOTES, cdsr_setting, protocol_settings
+from data.setting import Setting, modcrop
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = "cdsr-framework-testset/1"
-PROTOCOL_SEED = 0    # noise seed of on-the-fly protocol sets: scripts/make_testsets.py's default
-ImageSource = Union[Path, np.ndarray]
+FLAT_PROTOCOLS = ("cdsr",)   # written as ROOT/<D>_x<s>/, as MANet's script and SRTestset do
 
 
 def find_hr_dir(root: Path, dataset: str, scale: int) -> Path:
@@ -41,8 +42,10 @@ def find_hr_dir(root: Path, dataset: str, scale: int) -> Path:
                             + ", ".join(str(t) for t in tried))
 
 
-def _setting_record(setting: Setting) -> dict:
-    return {"label": setting.label, "file_suffix": setting.suffix, "noise": setting.noise, "params": setting.params}
+def testset_dir(root: Path, protocol: str, dataset: str, scale: int) -> Path:
+    """Where ``write_testset`` puts a set: ROOT/D_x<s> for cdsr, ROOT/<protocol>/D_x<s> otherwise."""
+    folder = f"{dataset}_x{scale}"
+    return Path(root) / folder if protocol in FLAT_PROTOCOLS else Path(root) / protocol / folder
 
 
 def _read_manifest(set_dir: Path) -> Optional[dict]:
@@ -56,41 +59,44 @@ def _read_manifest(set_dir: Path) -> Optional[dict]:
 
 
 def write_testset(protocol: str, hr_dir: Path, name: str, scale: int, out_root: Path,
-                  noise: Optional[float] = None, seed: int = 0,
+                  noise: Optional[float] = None, seed: int = EVAL_SEED,
                   sv_modes: Optional[Sequence[int]] = None) -> Path:
     """Write the LR images of ``protocol`` for every HR image in ``hr_dir``.
 
-    -> the set folder ``out_root/<protocol>/<name>_x<scale>/`` (see module docstring). sv_modes
-    None means (1, 2, 3, 4, 5) for ``cdsr`` on a set named B100 and none otherwise. A second call
-    for other noise levels adds its LR folders to the same manifest; the HR source must match.
+    -> the set folder ``testset_dir(out_root, protocol, name, scale)`` (see module docstring).
+    sv_modes None means (1, 2, 3, 4, 5) for ``cdsr`` on a set named B100 and none otherwise. A
+    second call for other noise levels adds its LR folders to the same manifest; the HR source
+    must match.
     """
     if sv_modes is None:
         sv_modes = (1, 2, 3, 4, 5) if (protocol == "cdsr" and name == "B100") else ()
     settings = protocol_settings(protocol, scale, noise, sv_modes)
     files = list_images(hr_dir)
-    set_dir = Path(out_root) / protocol / f"{name}_x{scale}"
+    set_dir = testset_dir(out_root, protocol, name, scale)
     manifest = _read_manifest(set_dir)
     source = str(Path(hr_dir).resolve())
     if manifest is not None and (manifest.get("hr_source") != source or manifest.get("protocol") != protocol):
         raise ValueError(f"{set_dir} was made from {manifest.get('hr_source')} with protocol "
                          f"{manifest.get('protocol')}; choose another output folder or delete it")
-    originals = [read_image(path) for path in files]       # every image readable before writing any
-    images = []
-    for path, original in tqdm(list(zip(files, originals)), desc=f"{protocol} {name} x{scale}", leave=False):
-        hr = modcrop(original, scale)
-        images.append({"name": path.stem, "file": path.name, "source_size": list(original.shape[:2]),
-                       "size": list(hr.shape[:2])})
-        for folder in sorted({s.hr_folder for s in settings}):
-            write_png(set_dir / folder / f"{path.stem}.png", hr)
-        for setting in settings:
-            write_png(set_dir / setting.folder / setting.lr_name(path.stem),
-                      setting.degrade(hr, seed=seed, image_name=path.stem))
+    originals = [(path.stem, read_image(path)) for path in files]   # every image readable before writing any
+    images = [{"name": path.stem, "file": path.name, "source_size": list(image.shape[:2]),
+               "size": list(modcrop(image, scale).shape[:2])} for path, (_, image) in zip(files, originals)]
+    for hr_folder in sorted({s.hr_folder for s in settings}):
+        for image, original in originals:
+            write_png(set_dir / hr_folder / f"{image}.png", modcrop(original, scale))
+    for setting in tqdm(settings, desc=f"{protocol} {name} x{scale}", leave=False):
+        eval_set = EvalSet(name, setting, originals, seed=seed)    # the LR test.py would generate
+        for index in range(len(eval_set)):
+            image, lr, _ = eval_set.pair(index)
+            write_png(set_dir / setting.folder / setting.lr_name(image), lr)
     folders = dict(manifest["lr_folders"]) if manifest else {}
     for setting in settings:
         folders[setting.folder] = {"seed": seed, "noise": setting.noise, "hr_folder": setting.hr_folder,
                                    "settings": []}
     for setting in settings:
-        folders[setting.folder]["settings"].append(_setting_record(setting))
+        folders[setting.folder]["settings"].append(
+            {"label": setting.label, "file_suffix": setting.suffix, "noise": setting.noise,
+             "params": setting.params})
     manifest = {"format": FORMAT, "protocol": protocol, "name": name, "scale": scale, "hr_source": source,
                 "images": images, "lr_folders": dict(sorted(folders.items())), "notes": NOTES[protocol],
                 "software": {"torch": torch.__version__, "numpy": np.__version__}}
@@ -104,122 +110,102 @@ _MANET_NAME = re.compile(r"^(?P<image>.+)_(?P<sig1>\d+\.\d)_(?P<sig2>\d+\.\d)_(?
 _LR_FOLDER = re.compile(r"^LR_mode(?P<mode>\d+)_noise(?P<noise>\d+(?:\.\d+)?)$")
 
 
-def _manet_setting(suffix: str, folder: str, scale: int) -> Setting:
-    """Setting of a MANet-script file ``{image}_{sig1}_{sig2}_{theta}.png`` (theta 0.8 = pi/4)."""
-    match = _LR_FOLDER.match(folder)
-    noise = float(match["noise"]) if match else 0.0
-    sig1, sig2, theta = (float(v) for v in suffix.split("_"))
-    theta = math.pi / 4 if theta == 0.8 else theta
-    params = {**base_params("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
-              "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
-    return Setting("cdsr", suffix + noise_tag(noise), scale, noise, params, folder, suffix)
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"test set image {path} does not exist")
+    return path
 
 
-def _read_foreign(set_dir: Path, lr_folders: Optional[Sequence[str]]) -> Iterator[ProtocolPair]:
-    """Pairs of a set made by MANet's script: HR_si|HR_sv|HR and LR_mode<k>_noise<n> folders."""
+def _read_foreign(set_dir: Path, dataset: str, lr_folders: Optional[Sequence[str]]) -> List[EvalSet]:
+    """Sets of a folder made by MANet's script: HR_si|HR_sv|HR and LR_mode<k>_noise<n> folders;
+    ``{image}_{sig1}_{sig2}_{theta}.png`` files are the cdsr protocol's settings, any other
+    LR folder is one setting named after the folder."""
     folders = lr_folders or sorted(p.name for p in set_dir.iterdir() if p.is_dir() and p.name.startswith("LR"))
     if not folders:
         raise FileNotFoundError(f"{set_dir} holds no LR_* folders and no {MANIFEST}")
+    grouped: Dict[str, tuple] = {}
     for folder in folders:
         mode = _LR_FOLDER.match(folder)
+        noise = float(mode["noise"]) if mode else 0.0
         preferred = ("HR_sv", "HR") if (mode and int(mode["mode"]) > 0) else ("HR_si", "HR")
         hr_dir = next((set_dir / f for f in preferred if (set_dir / f).is_dir()), None)
         if hr_dir is None:
             raise FileNotFoundError(f"no HR folder for {set_dir / folder}: tried {', '.join(preferred)}")
-        for path in list_images(set_dir / folder):
+        lr_files = list_images(set_dir / folder)
+        scale = read_image(_hr_of(hr_dir, lr_files[0])).shape[0] // read_image(lr_files[0]).shape[0]
+        for path in lr_files:
             match = _MANET_NAME.match(path.stem)
-            image = match["image"] if match else path.stem
-            same_name = hr_dir / path.name                     # an HR copy per LR file, if any
-            hr = read_image(same_name if same_name.is_file() else hr_dir / f"{image}.png")
-            lr = read_image(path)
-            scale = hr.shape[0] // lr.shape[0]
             if match:
-                setting = _manet_setting(path.stem[len(match["image"]) + 1:], folder, scale)
+                theta = math.pi / 4 if match["theta"] == "0.8" else float(match["theta"])
+                setting = cdsr_setting(float(match["sig1"]), float(match["sig2"]), theta, scale, noise)
+                setting = Setting(setting.label, setting.params, folder, setting.suffix)
             else:
-                setting = Setting("unknown", folder, scale, 0.0, {"convention": "unknown"}, folder, "")
-            yield ProtocolPair(image, setting, lr, hr)
+                setting = Setting(folder, {"convention": "unknown", "scale": scale, "noise": noise}, folder)
+            image = match["image"] if match else path.stem
+            entry = grouped.setdefault(setting.label, (setting, [], []))
+            entry[1].append((image, _hr_of(hr_dir, path)))
+            entry[2].append(path)
+    return [EvalSet(dataset, s, images, lrs) for s, images, lrs in grouped.values()]
 
 
-def read_testset(set_dir: Path, lr_folders: Optional[Sequence[str]] = None) -> Iterator[ProtocolPair]:
-    """Yield (image name, setting, lr uint8, hr uint8) for a set folder made by ``write_testset``
-    (read through its manifest) or by MANet's ``prepare_testset.py`` (settings parsed from the
-    file names). lr_folders: only these LR folders (default: all)."""
+def _hr_of(hr_dir: Path, lr_path: Path) -> Path:
+    """The HR file of a MANet-script LR file: an HR copy of the same name, else ``{image}.png``."""
+    same_name = hr_dir / lr_path.name
+    match = _MANET_NAME.match(lr_path.stem)
+    return _existing(same_name if same_name.is_file() or not match else hr_dir / f"{match['image']}.png")
+
+
+def read_testset(set_dir: Path, lr_folders: Optional[Sequence[str]] = None,
+                 dataset: Optional[str] = None) -> List[EvalSet]:
+    """One ``EvalSet`` per setting of a set folder made by ``write_testset`` (read through its
+    manifest) or by MANet's ``prepare_testset.py`` (settings parsed from the file names), images
+    read when used. lr_folders: only these LR folders (default: all). dataset: the sets' dataset
+    name (default: the manifest's, else the folder name without ``_x<s>``)."""
     set_dir = Path(set_dir)
     if not set_dir.is_dir():
         raise FileNotFoundError(f"test set folder {set_dir} does not exist")
     manifest = _read_manifest(set_dir)
     if manifest is None:
-        yield from _read_foreign(set_dir, lr_folders)
-        return
+        return _read_foreign(set_dir, dataset or re.sub(r"_x\d+$", "", set_dir.name), lr_folders)
+    dataset = dataset or manifest["name"]
+    sets = []
     for folder, entry in manifest["lr_folders"].items():
         if lr_folders and folder not in lr_folders:
             continue
-        settings = [Setting(manifest["protocol"], r["label"], manifest["scale"], r["noise"], r["params"],
-                            folder, r["file_suffix"]) for r in entry["settings"]]
-        for image in manifest["images"]:
-            hr = read_image(set_dir / entry["hr_folder"] / f"{image['name']}.png")
-            for setting in settings:
-                lr = read_image(set_dir / folder / setting.lr_name(image["name"]))
-                yield ProtocolPair(image["name"], setting, lr, hr)
+        hr = [(image["name"], _existing(set_dir / entry["hr_folder"] / f"{image['name']}.png"))
+              for image in manifest["images"]]
+        for record in entry["settings"]:
+            setting = Setting(record["label"], record["params"], folder, record["file_suffix"])
+            lrs = [_existing(set_dir / folder / setting.lr_name(name)) for name, _ in hr]
+            sets.append(EvalSet(dataset, setting, hr, lrs))
+    return sets
 
 
-# ----------------------------------------------------------------------------- evaluation
-class SettingSet(Dataset):
-    """One dataset under one protocol setting; items ``{"name", "lr" (3,h,w), "hr" (3,s*h,s*w)}``
-    float 0..255. The LR is ``setting.degrade`` of the HR (noise seeded from PROTOCOL_SEED, the
-    image and the setting, so it equals scripts/make_testsets.py's files) unless ``lr_images``
-    (uint8 arrays read from a test-set folder) are given."""
-
-    def __init__(self, dataset: str, setting: Setting, images: Sequence[Tuple[str, ImageSource]],
-                 lr_images: Optional[Sequence[np.ndarray]] = None) -> None:
-        self.name = f"{dataset}/{setting.label}"
-        self.dataset = dataset
-        self.setting = setting
-        self.images = list(images)
-        self.lr_images = None if lr_images is None else list(lr_images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> Dict[str, object]:
-        name, source = self.images[index]
-        hr = modcrop(read_image(source) if isinstance(source, Path) else source, self.setting.scale)
-        if self.lr_images is None:
-            lr = self.setting.degrade(hr, seed=PROTOCOL_SEED, image_name=name)
-        else:
-            lr = self.lr_images[index]
-        if (lr.shape[0] * self.setting.scale, lr.shape[1] * self.setting.scale) != hr.shape[:2]:
-            raise ValueError(f"{self.name}/{name}: LR {lr.shape[:2]} is not HR {hr.shape[:2]} / "
-                             f"{self.setting.scale}")
-        return {"name": name, "lr": to_tensor(lr), "hr": to_tensor(hr)}
+def find_testset(root: Path, protocol: str, dataset: str, scale: int) -> Path:
+    """The set folder of ``dataset`` at ``scale`` for ``protocol`` under ROOT: ROOT/<protocol>/D_x<s>/
+    or ROOT/D_x<s>/ (cdsr's layout; MANet's script, the CDSR README's SRTestset) when that one
+    holds this protocol's set. FileNotFoundError naming both otherwise."""
+    nested, flat = Path(root) / protocol / f"{dataset}_x{scale}", Path(root) / f"{dataset}_x{scale}"
+    if nested.is_dir():
+        return nested
+    if flat.is_dir():
+        manifest = _read_manifest(flat)
+        if (manifest or {}).get("protocol", "cdsr") == protocol:  # MANet's script writes cdsr sets
+            return flat
+    raise FileNotFoundError(f"no {protocol} test set of {dataset} x{scale} under {root}: tried {nested} "
+                            f"and {flat}; write it with python scripts/make_testsets.py --protocol "
+                            f"{protocol} --name {dataset} --scale {scale} --out {root} --hr_dir HR_FOLDER")
 
 
-class Row(NamedTuple):
-    """One evaluated set: table row (setting label), column (dataset) and the set itself."""
-    label: str
-    dataset: str
-    test_set: Dataset
-
-
-def read_protocol_sets(root: Path, dataset: str, settings: Sequence[Setting]) -> List[SettingSet]:
-    """The settings' sets of ``dataset`` from ROOT/<protocol>/<dataset>_x<scale>/ (written by
-    scripts/make_testsets.py or MANet's prepare_testset.py)."""
-    protocol, scale = settings[0].protocol, settings[0].scale
-    set_dir = Path(root) / protocol / f"{dataset}_x{scale}"
-    grouped: Dict[str, list] = {}
-    for pair in read_testset(set_dir, sorted({s.folder for s in settings})):
-        grouped.setdefault(pair.setting.label, []).append(pair)
-    missing = [s.label for s in settings if s.label not in grouped]
+def read_protocol_sets(root: Path, protocol: str, dataset: str, settings: Sequence[Setting]) -> List[EvalSet]:
+    """The ``settings``' sets of ``dataset`` from its folder under ROOT (``find_testset``), in
+    the order of ``settings``."""
+    set_dir = find_testset(root, protocol, dataset, settings[0].scale)
+    found = {s.setting.label: s for s in read_testset(set_dir, sorted({s.folder for s in settings}), dataset)}
+    missing = [s.label for s in settings if s.label not in found]
     if missing:
         raise FileNotFoundError(
             f"{set_dir} lacks the LR images of {', '.join(missing)}; write them with python "
-            f"scripts/make_testsets.py --protocol {protocol} --name {dataset} --scale {scale} --out {root} "
-            "--hr_dir HR_FOLDER")
-    return [SettingSet(dataset, s, [(p.name, p.hr) for p in grouped[s.label]],
-                       [p.lr for p in grouped[s.label]]) for s in settings]
-
-
-def protocol_rows(settings: Sequence[Setting], per_dataset: Dict[str, Sequence[SettingSet]]) -> List[Row]:
-    """Rows in table order: setting by setting, each across the datasets."""
-    return [Row(s.label, name, sets[i]) for i, s in enumerate(settings)
-            for name, sets in per_dataset.items()]
+            f"scripts/make_testsets.py --protocol {protocol} --name {dataset} --scale {settings[0].scale} "
+            f"--out {root} --hr_dir HR_FOLDER")
+    return [EvalSet(dataset, s, found[s.label].images, found[s.label].lr_images) for s in settings]

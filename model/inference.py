@@ -14,8 +14,9 @@ image, so a tile sees its own means and the output changes; ``global_stats=True`
 ``CDSRGenerator.forward_tiled``).
 """
 from contextlib import contextmanager
-from typing import Callable, Iterator, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,14 +102,17 @@ def tiled_super_resolve(model: nn.Module, lr: torch.Tensor, embedding: torch.Ten
                        halo=overlap, scale=model.scale)
 
 
-def centre_crop(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
-    """The centred ``size`` x ``size`` window of x (B,C,H,W) (each side clipped to the image);
-    x itself when ``size`` is None or 0."""
+def centre_crop(image: Union[np.ndarray, torch.Tensor], size: Optional[int]):
+    """The centred ``size`` x ``size`` window of an image, each side clipped to the image: an
+    (H, W, C) array (channels last, as ``data.images.read_image`` gives) or a (..., H, W) tensor (channels
+    first); the image itself when ``size`` is None or 0."""
     if not size:
-        return x
-    h, w = x.shape[-2:]
+        return image
+    channels_last = isinstance(image, np.ndarray)
+    h, w = image.shape[:2] if channels_last else image.shape[-2:]
     top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    return x[..., top:top + size, left:left + size]
+    rows, cols = slice(top, top + size), slice(left, left + size)
+    return image[rows, cols] if channels_last else image[..., rows, cols]
 
 
 @contextmanager
@@ -151,3 +155,20 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
 
     with full_float32():
         return self_ensemble(forward, lr) if ensemble else forward(lr)
+
+
+def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B,3,h,w) -> (B,3,s*h,s*w) plain bicubic (a = -0.75), the baseline every SR must beat."""
+    return nn.functional.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def describe_policy(policy: dict) -> str:
+    """One sentence for ``predict``'s keyword arguments ``policy`` (as in result tables)."""
+    parts = []
+    if policy.get("tile"):
+        pooling = "whole-image DQA means" if policy.get("global_stats") else "per-tile DQA means"
+        parts.append(f"tiles of {policy['tile']} LR px, overlap {policy.get('overlap', 32)}, embedding "
+                     f"from the centred {policy.get('embed_crop') or 'whole'} crop, {pooling}")
+    if policy.get("ensemble"):
+        parts.append("x8 self-ensemble")
+    return "; ".join(parts) or "whole image at once (the authors' eval forward)"

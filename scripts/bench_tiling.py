@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from model import build_model  # noqa: E402
 from model.checkpoint import load_weights  # noqa: E402
 from model.inference import predict  # noqa: E402
+from option import ArgumentParser  # noqa: E402
 
 # Paper-size DASR generator, LR pixels: head conv 1 + 5 groups x (5 blocks x 4 + 1) convs +
 # body conv 1 + upsampler convs 1 (LR) + 1/2 (x2) + tail conv 1/4 (x4) = 108.75.
@@ -175,7 +176,7 @@ def format_row(r: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="cdsr,dasr", help="comma-separated: cdsr, dasr")
     p.add_argument("--size", type=int, default=512, help="LR side (pixels)")
     p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))

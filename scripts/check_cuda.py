@@ -14,7 +14,6 @@ the batched training degradation, and paper-size training speed and memory.
    TF32 off and on: the whole step (degradation + forward + backward + Adam) and the
    degradation alone, seconds per iteration and peak GPU memory.
 """
-import argparse
 import copy
 import sys
 import time
@@ -115,7 +114,7 @@ def measure_training_speed(name: str, device: torch.device, iterations: int) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = option.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--golden", type=Path, default=ROOT.parent / "shared" / "golden",
                         help="folder of golden vectors (default: ../shared/golden)")
     parser.add_argument("--iterations", type=int, default=20, help="timed training steps per model")

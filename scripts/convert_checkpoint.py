@@ -4,27 +4,32 @@
     python scripts/convert_checkpoint.py IN OUT --to authors  [--model cdsr|dasr] [--scale S]
 
 The model and scale are read from IN (our fields, or the authors' key names and upsampler
-shapes); --model/--scale only assert them. An authors' file lacks MoCo's key encoder and queue:
+shapes); --model/--scale only assert them. The model is rebuilt and loaded strictly either way
+(``model.checkpoint.load_model``). An authors' file lacks MoCo's key encoder and queue:
 ``--to ours`` fills the key encoder from the query encoder and starts a fresh queue (seed
-``--seed``), as loading the file into a model would. ``--to authors`` writes what the authors'
-trainer saves (no key encoder, no queue; DASR's MeanShift constants included).
+``--seed``), as loading the file into a model does. ``--to authors`` writes what the authors'
+trainer saves (no key encoder, no queue; DASR's MeanShift constants included). Bad input gives
+one error line and exit code 2.
 """
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import build_model, model_names  # noqa: E402
-from model.checkpoint import (CheckpointError, atomic_torch_save, describe,  # noqa: E402
-                              detect_format, infer_authors_model, load_weights, ours_to_authors,
-                              read_checkpoint, save_checkpoint)
+import utility  # noqa: E402
+from model import model_names  # noqa: E402
+from model.authors_format import ours_to_authors  # noqa: E402
+from model.checkpoint import (CheckpointError, atomic_torch_save, describe, detect_format,  # noqa: E402
+                              load_model, read_checkpoint, save_checkpoint)
+from option import ArgumentParser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="convert_checkpoint.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, metavar="IN", help="checkpoint to convert")
     parser.add_argument("target", type=Path, metavar="OUT", help="where to write the result")
     parser.add_argument("--to", required=True, choices=("ours", "authors"), help="output format")
@@ -35,47 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_expected(name: str, scale: int, args: argparse.Namespace) -> None:
-    wanted_name = args.model or name
-    wanted_scale = args.scale if args.scale is not None else scale
-    if (wanted_name, wanted_scale) != (name, scale):
-        raise CheckpointError(f"{args.source} is {describe(name, scale)}, "
-                              f"not {describe(wanted_name, wanted_scale)} as requested")
-
-
 def convert(args: argparse.Namespace) -> str:
     checkpoint = read_checkpoint(args.source)
     fmt = detect_format(checkpoint)
     if fmt == args.to:
         owner = "our" if fmt == "ours" else "the authors'"
         raise CheckpointError(f"{args.source} is already in {owner} format")
-    if fmt == "authors":
-        name, scale = infer_authors_model(checkpoint)
-        _check_expected(name, scale, args)
-        torch.manual_seed(args.seed)
-        net = build_model(name, scale=scale)
-        load_weights(net, checkpoint)
-        save_checkpoint(args.target, model_name=name, scale=scale, model=net.state_dict(),
+    torch.manual_seed(args.seed)
+    net = load_model(checkpoint, model_name=args.model, scale=args.scale)
+    if args.to == "ours":
+        save_checkpoint(args.target, model_name=net.name, scale=net.scale, model=net.state_dict(),
                         config={"converted_from": str(args.source)})
     else:
-        absent = [f for f in ("model_name", "scale", "model") if f not in checkpoint]
-        if absent:
-            raise CheckpointError(f"{args.source} lacks field(s) {', '.join(absent)}")
-        name, scale = str(checkpoint["model_name"]), int(checkpoint["scale"])
-        _check_expected(name, scale, args)
-        atomic_torch_save(ours_to_authors(checkpoint["model"], name), args.target)
-    return f"{args.source} ({fmt}, {describe(name, scale)}) -> {args.target} ({args.to})"
+        atomic_torch_save(ours_to_authors(net.state_dict(), net.name), args.target)
+    return f"{args.source} ({fmt}, {describe(net.name, net.scale)}) -> {args.target} ({args.to})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        print(convert(args))
-    except (CheckpointError, OSError) as error:
-        print(f"convert_checkpoint: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    return 0
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    print(convert(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(utility.run_cli(main))

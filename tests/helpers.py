@@ -15,10 +15,10 @@ TINY = {
 }
 
 
-def tiny(name: str, scale: int = 2, seed: int = 0) -> nn.Module:
-    """A tiny registered model with weights from ``seed``."""
+def tiny(name: str, scale: int = 2, seed: int = 0, **overrides) -> nn.Module:
+    """A tiny registered model with weights from ``seed``: ``TINY[name]`` with ``overrides``."""
     torch.manual_seed(seed)
-    return model.build_model(name, scale=scale, **TINY[name])
+    return model.build_model(name, scale=scale, **{**TINY[name], **overrides})
 
 
 def images(*shape: int, seed: int = 0) -> torch.Tensor:

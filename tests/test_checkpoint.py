@@ -1,6 +1,5 @@
-"""Checkpoint formats: our round trip, the authors' key map, strict loading, atomic saving and
-scripts/convert_checkpoint.py."""
-import importlib.util
+"""Checkpoint formats: our round trip, the authors' key map, strict loading, load_model, atomic
+saving and scripts/convert_checkpoint.py. Only the key-map round trip needs ../shared/golden."""
 import json
 import os
 import subprocess
@@ -11,16 +10,23 @@ import pytest
 import torch
 
 import model
-from model.checkpoint import (FORMAT, CheckpointError, authors_constants, authors_to_ours,
-                              infer_authors_model, load_weights, map_authors_key, map_our_key,
-                              ours_to_authors, read_checkpoint, save_checkpoint)
+import utility
+from model.authors_format import (authors_constants, authors_to_ours, infer_authors_model,
+                                  map_authors_key, map_our_key, ours_to_authors)
+from model.checkpoint import (FORMAT, CheckpointError, load_model, load_weights, read_checkpoint,
+                              save_checkpoint)
 from helpers import TINY, images, tiny
+from scripts import convert_checkpoint
 from scripts.golden.common import authors_state
 from scripts.golden.models import golden_model
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_FILES = [(name, scale) for name in ("cdsr", "dasr") for scale in (2, 4)]
 
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("this object cannot be pickled")
 
 
 def our_checkpoint(net: torch.nn.Module) -> dict:
@@ -180,9 +186,9 @@ def test_atomic_save_leaves_no_temp_file(tmp_path):
     save_checkpoint(path, model_name="dasr", scale=2, model=net.state_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     before = path.read_bytes()
-    with pytest.raises(Exception):  # a lambda cannot be pickled: the save fails midway
+    with pytest.raises(RuntimeError, match="cannot be pickled"):  # the save fails midway
         save_checkpoint(path, model_name="dasr", scale=2, model=net.state_dict(),
-                        optimizer={"bad": lambda: None})
+                        optimizer={"bad": Unpicklable()})
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     assert path.read_bytes() == before
 
@@ -212,14 +218,44 @@ def test_bad_files_and_fields_fail_clearly(tmp_path):
     assert not [p for p in tmp_path.iterdir() if "x.pt" in p.name]
 
 
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_load_model_rebuilds_what_the_file_holds(tmp_path, name):
+    source = trained_a_little(name, scale=3)
+    path = tmp_path / "ours.pt"
+    save_checkpoint(path, model_name=name, scale=3, model=source.state_dict(), model_kwargs=TINY[name])
+    loaded = load_model(path)
+    assert (loaded.name, loaded.scale, loaded.training) == (name, 3, False)
+    assert torch.equal(sr_of(source), sr_of(loaded))
+    assert load_model(path, "cpu", model_name=name.upper(), scale=3).scale == 3
+
+
+def test_load_model_reads_the_authors_files_and_checks_what_was_asked(tmp_path):
+    torch.manual_seed(0)
+    paper = model.build_model("dasr", scale=2)                  # authors' files are paper size
+    path = tmp_path / "authors.pt"
+    torch.save(ours_to_authors(paper.state_dict(), "dasr"), path)
+    assert torch.equal(sr_of(paper), sr_of(load_model(path)))
+    with pytest.raises(CheckpointError, match="authors.pt holds DASR x2, not CDSR x2 as requested"):
+        load_model(path, model_name="cdsr")
+    with pytest.raises(CheckpointError, match="holds DASR x2, not DASR x4 as requested"):
+        load_model(path, scale=4)
+
+
+def test_save_checkpoint_takes_the_model_names_of_the_registry(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'CDRS'; choose one of: cdsr, dasr"):
+        save_checkpoint(tmp_path / "x.pt", model_name="CDRS", scale=2, model={})
+
+
 def _convert(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
 
 
-def test_convert_checkpoint_script_both_ways(golden_dir, tmp_path):
-    authors = authors_state(golden_dir, "dasr", 2)
+def test_convert_checkpoint_script_both_ways(tmp_path):
+    torch.manual_seed(0)
+    paper = model.build_model("dasr", scale=2)
+    authors = ours_to_authors(paper.state_dict(), "dasr")
     source, ours, back = tmp_path / "authors.pt", tmp_path / "ours.pt", tmp_path / "back.pt"
     torch.save(authors, source)
     result = _convert(str(source), str(ours), "--to", "ours", "--model", "dasr")
@@ -228,9 +264,7 @@ def test_convert_checkpoint_script_both_ways(golden_dir, tmp_path):
     assert (converted["format"], converted["model_name"], converted["scale"]) == (FORMAT, "dasr", 2)
     via_ours = model.build_model("dasr", scale=2)
     assert load_weights(via_ours, ours) == "ours"
-    x = images(1, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(golden_model(golden_dir, "dasr", 2)(x), via_ours.eval()(x))
+    assert torch.equal(sr_of(paper), sr_of(via_ours))
     result = _convert(str(ours), str(back), "--to", "authors", "--scale", "2")
     assert result.returncode == 0, result.stderr
     restored = read_checkpoint(back)
@@ -238,27 +272,21 @@ def test_convert_checkpoint_script_both_ways(golden_dir, tmp_path):
     assert all(torch.allclose(restored[k], authors[k], rtol=0, atol=1e-4) for k in authors)
 
 
-def _convert_in_process(*args: str) -> int:
-    spec = importlib.util.spec_from_file_location("convert_checkpoint",
-                                                  ROOT / "scripts" / "convert_checkpoint.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.main(list(args))
-
-
 def test_convert_checkpoint_script_rejects_bad_input(tmp_path, capsys):
     ours = tmp_path / "ours.pt"
-    save_checkpoint(ours, model_name="dasr", scale=2, model=tiny("dasr").state_dict())
+    save_checkpoint(ours, model_name="dasr", scale=2, model=tiny("dasr").state_dict(),
+                    model_kwargs=TINY["dasr"])
     cases = [
         ((str(tmp_path / "absent.pt"), str(tmp_path / "out.pt"), "--to", "ours"),
          "checkpoint not found"),
         ((str(ours), str(tmp_path / "out.pt"), "--to", "authors", "--model", "cdsr"),
-         "is DASR x2, not CDSR x2 as requested"),
+         "holds DASR x2, not CDSR x2 as requested"),
         ((str(ours), str(tmp_path / "out.pt"), "--to", "ours"), "already in our format"),
+        ((str(ours), str(tmp_path / "out.pt"), "--to", "theirs"), "invalid choice: 'theirs'"),
     ]
     for args, message in cases:
-        assert _convert_in_process(*args) != 0
+        assert utility.run_cli(lambda: convert_checkpoint.main(list(args))) == 2
         stderr = capsys.readouterr().err
-        assert stderr.startswith("convert_checkpoint: error: ") and message in stderr
+        assert stderr.startswith("error: ") and message in stderr
         assert stderr.count("\n") == 1, stderr
     assert not (tmp_path / "out.pt").exists()

@@ -84,6 +84,33 @@ def test_test_sets_default_to_the_held_out_photos_and_make_seeded_lr():
     item = photos[0]
     assert photos.name == "photos" and item["lr"].shape == (3, 96, 96) and item["hr"].shape == (3, 192, 192)
     assert torch.equal(item["lr"], photos[0]["lr"])  # the noise is seeded by the image name
+    assert photos.setting.label == "dasr iso std 1.2 noise 5" and photos.setting.params["sigma_std"] == 1.2
+
+
+def test_validation_and_test_py_make_the_same_sets(tmp_path):
+    write_noise_images(tmp_path / "Set5", [(30, 30)])
+    flags = f"--test_path {tmp_path} --noise 10 --degradation manet --blur_type aniso_gaussian --theta 0.5"
+    (validation,) = build_test_sets(option.parse_args(f"{flags} --scale 3".split()))
+    (test,) = build_test_sets(option.parse_args(f"{flags} --pre_train x.pt".split(), test=True), scale=3)
+    assert validation.setting == test.setting and validation.name == test.name == "Set5"
+    params = validation.setting.params      # manet: --lambda_1/--lambda_2 are variances, --theta radians
+    assert (params["sig1_variance"], params["sig2_variance"], params["theta_rad"]) == (0.2, 4.0, 0.5)
+    assert torch.equal(validation[0]["lr"], test[0]["lr"])
+
+
+@pytest.mark.parametrize("flags, units", [
+    ("--blur_type aniso_gaussian --lambda_1 0.5 --lambda_2 3 --theta 30",
+     {"lambda_1_std": 0.5, "lambda_2_std": 3.0, "theta_deg": 30.0}),
+    ("--sig 0", {"sigma_std": 0.0, "blur": "none"}),
+])
+def test_fixed_flags_become_unit_named_parameters(flags, units):
+    (photos,) = build_test_sets(option.parse_args(flags.split()))
+    assert {key: photos.setting.params[key] for key in units} == units
+
+
+def test_fixed_degradation_flags_that_make_no_sense_fail_before_anything_runs():
+    with pytest.raises(ValueError, match="sample_mode 's-fold' is not available for the manet convention"):
+        build_test_sets(option.parse_args("--degradation manet --sample_mode s-fold".split()))
 
 
 def test_benchmark_layouts(tmp_path):
@@ -94,5 +121,5 @@ def test_benchmark_layouts(tmp_path):
     assert [s.name for s in sets] == ["Set5", "Set14"]
     assert sets[1][0]["hr"].shape == (3, 30, 32)  # cropped to a multiple of the scale
     args = option.parse_args(f"--test_path {tmp_path} --data_test Urban100".split())
-    with pytest.raises(Exception, match="Urban100"):
+    with pytest.raises(FileNotFoundError, match="Urban100"):
         build_test_sets(args)

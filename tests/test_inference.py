@@ -1,15 +1,14 @@
 """Inference policies: tiled == untiled where the network is local, CDSR's per-tile pooling
 deviates and its whole-image mode does not, the x8 ensemble maps every view back."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from model import build_model
+import helpers
 from model.inference import centre_crop, iter_tiles, predict, tiled_apply, tiled_super_resolve
 
-TINY_DASR = dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16)
-TINY_CDSR = dict(n_feats=8, n_blocks=2, growth=4, embed_dim=16, codebook_size=8, queue_size=16)
-DASR_RADIUS = 9      # tiny DASR above: 8.75 LR px (7 LR convs, one at x2 and one at x4)
+DASR_RADIUS = 9      # helpers.TINY's DASR: 8.75 LR px (7 LR convs, one at x2 and one at x4)
 
 
 def lr_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -17,8 +16,8 @@ def lr_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def tiny(name: str, scale: int = 4, gamma: float = 0.0) -> nn.Module:
-    torch.manual_seed(0)
-    model = build_model(name, scale=scale, **(TINY_DASR if name == "dasr" else TINY_CDSR)).eval()
+    """A tiny model (CDSR with two blocks, so DQA pooling matters twice) with DQA gamma set."""
+    model = helpers.tiny(name, scale, **({"n_blocks": 2} if name == "cdsr" else {})).eval()
     for module in model.modules():       # DQA's attention weight; 0 at init ignores the means
         if hasattr(module, "gamma"):
             module.gamma.data.fill_(gamma)
@@ -88,6 +87,16 @@ def test_embedding_comes_from_the_centred_crop():
     expected = tiled_super_resolve(model, x, model.embed(crop), tile=12, overlap=4)
     assert torch.equal(predict(model, x, tile=12, overlap=4, embed_crop=16), expected)
     assert not torch.allclose(predict(model, x, tile=12, overlap=4), expected)
+
+
+def test_centre_crop_of_arrays_and_tensors_agree():
+    array = np.random.default_rng(0).integers(0, 256, (9, 14, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
+    for size in (4, 5, 20):
+        assert torch.equal(torch.from_numpy(np.ascontiguousarray(centre_crop(array, size))).permute(2, 0, 1)[None],
+                           centre_crop(tensor, size))
+    assert centre_crop(array, 6).shape == (6, 6, 3) and centre_crop(array, 20).shape == (9, 14, 3)
+    assert centre_crop(tensor, 0) is tensor and centre_crop(array, None) is array
 
 
 class Identity(nn.Module):

@@ -36,6 +36,9 @@ def test_short_run_all_phases_then_test_py_upscales_an_image(model, data_root, t
     log = (run_dir / "log.txt").read_text()
     assert all(f"phase '{p}'" in log for p in ("encoder", "joint", "freeze"))
     assert "Set5: PSNR" in smoke.stdout and "bicubic" in smoke.stdout
+    figure = smoke.stdout.strip().splitlines()[-1].split("bicubic | SR | HR crops: ")[1]
+    assert figure == "experiment/smoke/figures/compare_Set5.png" and (tmp_path / figure).is_file()
+    assert read_image(run_dir / "results" / "Set5" / "img_000.png").shape == (32, 32, 3)
     assert (run_dir / "config.json").is_file()
     assert read_checkpoint(run_dir / "checkpoint/last.pt")["model_kwargs"]["queue_size"] == 8
 

@@ -32,6 +32,18 @@ def test_inputs_are_quantised_and_layouts_agree():
         noisy.permute(1, 2, 0).numpy(), hr, crop_border=2)
 
 
+def test_data_range_rescales_to_the_same_values():
+    hr = torch.randint(0, 256, (3, 30, 30)).float()
+    sr = (hr + torch.randn_like(hr) * 6).clamp(0, 255)
+    for metric in (psnr, ssim):
+        on_255 = metric(sr, hr, crop_border=2)
+        assert metric(sr / 255, hr / 255, crop_border=2, data_range=1) == pytest.approx(on_255, abs=1e-12)
+        assert metric(sr * 4, hr * 4, crop_border=2, data_range=1020) == pytest.approx(on_255, abs=1e-12)
+    assert abs(psnr(sr / 255, hr / 255, crop_border=2) - psnr(sr, hr, crop_border=2)) > 10  # it matters
+    with pytest.raises(ValueError, match="data_range must be positive"):
+        psnr(sr, hr, crop_border=2, data_range=0)
+
+
 def test_bad_shapes_are_reported():
     with pytest.raises(ValueError, match="differ in size"):
         psnr(torch.zeros(3, 10, 10), torch.zeros(3, 12, 12), crop_border=0)

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import utility
+from data.eval_set import EvalSet
 from data.images import read_image, write_png
 from data.protocols import protocol_settings
-from data.testsets import find_hr_dir, read_testset, write_testset
+from data.testsets import find_hr_dir, find_testset, read_protocol_sets, read_testset, write_testset
 from scripts import make_testsets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,18 +90,34 @@ def read_image_like(shape) -> np.ndarray:
     ("cdsr", 4, 18), ("cdsr", 3, 9), ("dasr-iso", 2, 4), ("dasr-aniso", 4, 27), ("gaussian8", 3, 8)])
 def test_write_and_read_back_every_protocol(hr_dir, tmp_path, protocol, scale, n_settings):
     set_dir = write_testset(protocol, hr_dir, "Tiny", scale, tmp_path / "out", seed=3)
-    assert set_dir == tmp_path / "out" / protocol / f"Tiny_x{scale}"
+    nested = "" if protocol == "cdsr" else protocol   # cdsr: MANet's flat SRTestset layout
+    assert set_dir == tmp_path / "out" / nested / f"Tiny_x{scale}"
     manifest = json.loads((set_dir / "manifest.json").read_text())
     assert (manifest["protocol"], manifest["scale"], manifest["name"]) == (protocol, scale, "Tiny")
     assert [i["name"] for i in manifest["images"]] == ["a", "b"]
     assert manifest["images"][0]["source_size"] == [50, 45] and manifest["notes"]
     assert sum(len(f["settings"]) for f in manifest["lr_folders"].values()) == n_settings
-    pairs = list(read_testset(set_dir))
-    assert len(pairs) == 2 * n_settings
-    for name, setting, lr, hr in pairs[:: max(1, len(pairs) // 6)]:
-        assert hr.shape[0] % scale == 0 and hr.shape[1] % scale == 0
-        assert lr.shape == (hr.shape[0] // scale, hr.shape[1] // scale, 3)
-        assert np.array_equal(lr, setting.degrade(hr, seed=3, image_name=name))
+    sets = read_testset(set_dir)
+    assert len(sets) == n_settings and all(s.dataset == "Tiny" and len(s) == 2 for s in sets)
+    for s in sets[:: max(1, n_settings // 6)]:
+        for index in range(2):
+            name, lr, hr = s.pair(index)
+            assert hr.shape[0] % scale == 0 and hr.shape[1] % scale == 0
+            assert lr.shape == (hr.shape[0] // scale, hr.shape[1] // scale, 3)
+            assert np.array_equal(lr, s.setting.degrade(hr, seed=3, image_name=name))
+
+
+def test_written_files_are_the_generated_sets(hr_dir, tmp_path):
+    set_dir = write_testset("dasr-aniso", hr_dir, "Tiny", 4, tmp_path, noise=5)
+    settings = protocol_settings("dasr-aniso", 4, noise=5)
+    images = [(p.stem, p) for p in sorted(hr_dir.iterdir())]
+    read = read_protocol_sets(tmp_path, "dasr-aniso", "Tiny", settings)
+    assert [s.setting.label for s in read] == [s.label for s in settings]
+    for setting, from_disk in zip(settings, read):
+        generated = EvalSet("Tiny", setting, images)       # what test.py makes on the fly
+        for index in range(2):
+            assert all(np.array_equal(a, b) for a, b in zip(generated.pair(index)[1:], from_disk.pair(index)[1:]))
+    assert set_dir == find_testset(tmp_path, "dasr-aniso", "Tiny", 4)
 
 
 def test_noise_does_not_depend_on_which_images_are_in_the_set(hr_dir, tmp_path):
@@ -129,12 +147,28 @@ def test_reads_sets_made_by_manets_script(hr_dir, tmp_path):
     theirs = tmp_path / "SRTestset" / "S_x2"
     shutil.copytree(ours / "HR_si", theirs / "HR_si")
     shutil.copytree(ours / "LR_mode0_noise0", theirs / "LR_mode0_noise0")
-    pairs = list(read_testset(theirs))
-    assert len(pairs) == 18 and {p.name for p in pairs} == {"a", "b"}
-    by_label = {(p.name, p.setting.label): p for p in pairs}
-    pair = by_label[("b", "5.0_3.0_0.8")]
-    assert pair.setting.params["theta_rad"] == pytest.approx(math.pi / 4) and pair.setting.scale == 2
-    assert np.array_equal(pair.lr, pair.setting.degrade(pair.hr, seed=0, image_name="b"))
+    sets = read_testset(theirs)
+    assert len(sets) == 9 and all(s.dataset == "S" and s.image_names() == ["a", "b"] for s in sets)
+    by_label = {s.setting.label: s for s in sets}
+    found = by_label["5.0_3.0_0.8"]
+    assert found.setting.params["theta_rad"] == pytest.approx(math.pi / 4) and found.setting.scale == 2
+    assert found.setting == protocol_settings("cdsr", 2)[7]
+    name, lr, hr = found.pair(1)
+    assert name == "b" and np.array_equal(lr, found.setting.degrade(hr, seed=0, image_name="b"))
+
+
+def test_testsets_root_holds_either_layout(hr_dir, tmp_path):
+    settings = protocol_settings("cdsr", 2, noise=0)
+    flat = write_testset("cdsr", hr_dir, "S", 2, tmp_path / "root", noise=0)        # ROOT/S_x2
+    assert find_testset(tmp_path / "root", "cdsr", "S", 2) == flat
+    nested = tmp_path / "root2" / "cdsr" / "S_x2"                                      # ROOT/cdsr/S_x2
+    shutil.copytree(flat, nested)
+    assert find_testset(tmp_path / "root2", "cdsr", "S", 2) == nested
+    assert len(read_protocol_sets(tmp_path / "root2", "cdsr", "S", settings)) == 9
+    with pytest.raises(FileNotFoundError, match="no dasr-iso test set of S x2 .*tried .*dasr-iso/S_x2 and"):
+        find_testset(tmp_path / "root", "dasr-iso", "S", 2)      # the flat folder is cdsr's
+    with pytest.raises(FileNotFoundError, match="lacks the LR images of 1.0_1.0_0.0_n5"):
+        read_protocol_sets(tmp_path / "root", "cdsr", "S", protocol_settings("cdsr", 2, noise=5))
 
 
 def test_find_hr_dir(tmp_path):
@@ -177,9 +211,6 @@ def test_make_testsets_errors_are_one_line_with_exit_code_2(tmp_path, hr_dir, ca
     for key, value in zip(extra[::2], extra[1::2]):
         args[key] = str(tmp_path / value) if value in ("EMPTY", "BROKEN") else value
     argv = [item for pair in args.items() for item in pair]
-    try:
-        code = make_testsets.main(argv)
-    except SystemExit as stop:                                   # argparse errors
-        code = stop.code
+    code = utility.run_cli(lambda: make_testsets.main(argv))     # as the script runs it
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and match in err

@@ -3,6 +3,7 @@ the authors' checkpoint format, own images (grayscale, RGBA, 16-bit) and one-lin
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import utility
-from helpers import TINY
+from helpers import TINY, tiny
 from data.protocols import protocol_settings
 from data.testsets import write_testset
 from model import build_model
@@ -40,9 +41,7 @@ def run_test_py(argv, cwd):
 
 
 def make_checkpoint(path: Path, name: str, scale: int = 4) -> Path:
-    torch.manual_seed(0)
-    model = build_model(name, scale=scale, **TINY[name])
-    save_checkpoint(path, model_name=name, scale=scale, model=model.state_dict(),
+    save_checkpoint(path, model_name=name, scale=scale, model=tiny(name, scale).state_dict(),
                     model_kwargs=TINY[name])
     return path
 
@@ -95,6 +94,18 @@ def test_noisy_settings_read_from_testsets_equal_the_on_the_fly_ones(workspace, 
     fly_results = json.loads((fly / "results.json").read_text())["results"]
     assert all(label.endswith("_n15") for label in fly_results)
     assert fly_results == json.loads((read / "results.json").read_text())["results"]
+
+
+def test_the_fixed_degradation_does_not_depend_on_how_the_sets_are_found(workspace, monkeypatch, tmp_path):
+    shutil.copytree(workspace["bench"], tmp_path / "data" / "benchmark")
+    monkeypatch.chdir(tmp_path)
+    common = ["--pre_train", str(workspace["dasr"]), "--data_test", "Toy", "--cpu"]
+    entry.main(common + ["--test_path", str(workspace["bench"]), "--save", "by_path"])
+    entry.main(common + ["--dir_data", str(tmp_path / "data"), "--save", "by_root"])
+    by_path, by_root = (json.loads((tmp_path / "experiment" / save / "results.json").read_text())
+                        for save in ("by_path", "by_root"))
+    assert by_path["results"] == by_root["results"]
+    assert [s["label"] for s in by_root["settings"]] == ["dasr iso std 1.2"]
 
 
 def test_save_results_writes_images_and_figures(workspace, monkeypatch):
@@ -164,13 +175,15 @@ def test_own_image_tiled_equals_untiled_for_dasr(workspace, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("argv, message", [
     (["--protocol", "dasr-aniso", "--test_path", "BENCH", "--data_test", "Toy"], "defined for scale 4"),
-    (["--protocol", "cdsr", "--testsets", "ROOT/none", "--data_test", "Toy"], "does not exist"),
+    (["--protocol", "cdsr", "--testsets", "ROOT/none", "--data_test", "Toy"], "no cdsr test set of Toy x2"),
     (["--input", "ROOT/missing.png", "--output", "ROOT/out"], "does not exist"),
     (["--protocol", "cdsr", "--noise", "5", "--test_path", "BENCH"], "use --protocol_noise"),
     (["--protocol_noise", "5", "--test_path", "BENCH"], "needs --protocol"),
     (["--input", "ROOT/in", "--output", "ROOT/in"], "would overwrite the input"),
-    (["--input", "ROOT/in", "--output", "ROOT/in/x.png"], "cannot create --output"),
+    (["--input", "ROOT/in", "--output", "ROOT/in/x.png"], "cannot create the output folder"),
     (["--input", "ROOT/in", "--output", "ROOT/out", "--chop", "--tile", "0"], "--tile must be >= 1"),
+    (["--input", "ROOT/in", "--output", "ROOT/out", "--model", "cdsr"], "holds DASR x2, not CDSR x2"),
+    (["--input", "ROOT/in", "--output", "ROOT/out", "--lr_sr", "1e-4"], "unrecognized arguments: --lr_sr"),
 ])
 def test_errors_are_one_line_with_exit_code_2(workspace, tmp_path, monkeypatch, capsys, argv, message):
     x2 = make_checkpoint(tmp_path / "dasr_x2.pt", "dasr", scale=2)

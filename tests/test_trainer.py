@@ -6,12 +6,11 @@ import torch
 import option
 from data import build_test_sets
 from loss import build_loss
-from model import build_model
 from model.checkpoint import read_checkpoint
-from helpers import write_noise_images
+from helpers import TINY, tiny, write_noise_images
 from trainer import Trainer, build_phases
 
-TINY_DASR = dict(n_feats=8, n_groups=1, n_blocks=1, embed_dim=16, queue_size=8)
+TINY_DASR = dict(TINY["dasr"], n_feats=8, queue_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,7 @@ def make_args(data_root, save, *extra):
 
 
 def run(args, run_dir):
-    torch.manual_seed(0)
-    model = build_model("dasr", scale=2, **TINY_DASR)
+    model = tiny("dasr", 2, **TINY_DASR)
     trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), build_test_sets(args),
                       torch.device("cpu"), run_dir)
     if args.resume:
@@ -56,8 +54,7 @@ def test_all_three_phases_run_and_leave_checkpoints(data_root, tmp_path):
     assert len((tmp_path / "psnr.csv").read_text().splitlines()) == 1 + 4
     # The generator did not move while only the encoder was pre-trained ...
     epoch1 = read_checkpoint(tmp_path / "checkpoint" / "epoch_1.pt")["model"]
-    torch.manual_seed(0)
-    initial = build_model("dasr", scale=2, **TINY_DASR).state_dict()
+    initial = tiny("dasr", 2, **TINY_DASR).state_dict()
     assert all(torch.equal(epoch1[k], initial[k]) for k in initial if k.startswith("generator."))
     assert not torch.equal(epoch1["encoder.query_encoder.layers.0.conv.weight"],
                            initial["encoder.query_encoder.layers.0.conv.weight"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.protocols import fixed_degradation
+from data.setting import fixed_degradation
 from data.resize import bicubic_downsample
 
 from .common import GoldenResult, compare_abs, failure

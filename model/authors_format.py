@@ -1,0 +1,302 @@
+"""The authors' checkpoint format: raw ``BlindSR.state_dict()``s (keys ``G.*``, ``E.encoder_q.*``;
+no MoCo ``E.encoder_k.*``, ``E.queue``, ``E.queue_ptr``). Their key names map to ours through the
+rule tables ``_RULES`` (one per published model, both directions); ``infer_authors_model`` reads
+model and scale from keys and shapes. Loading: ``model.checkpoint.load_weights``."""
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .dasr import DIV2K_RGB_MEAN, div2k_mean_255
+
+_LEAVES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+KEY_ENCODER = "encoder.key_encoder."
+MOCO_STATE = ("encoder.queue", "encoder.queue_ptr")
+_LIST_LIMIT = 12  # how many keys an error message lists per category
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is for another model, or does not fit the model."""
+
+
+def listing(keys: list[str]) -> str:
+    """The first keys of ``keys``, comma-separated, with a count of the rest (for messages)."""
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
+
+
+# Key map. A rule maps a module path of the authors' to ours; "{i}"-style segments carry an
+# index, optionally affine ("conv{i+1}", "E.{i*3+1}"). A rule with children maps the rest of the
+# key with them; a rule without children accepts the rest only if it is one parameter/buffer
+# name (weight, bias, BN statistics) or nothing.
+
+@dataclass(frozen=True)
+class _Rule:
+    authors: str
+    ours: str
+    children: tuple["_Rule", ...] = ()
+
+
+_SEGMENT = re.compile(r"(?P<text>[A-Za-z_]*)\{(?P<var>[a-z])(?:\*(?P<a>\d+))?(?:\+(?P<b>\d+))?\}")
+
+_CDSR_ENCODER = (
+    _Rule("conv{i+1}.conv1", "pixel_branch.layers.{i}.conv"),
+    _Rule("conv{i+1}.bn1", "pixel_branch.layers.{i}.norm"),
+    _Rule("pconv{i+1}.conv1", "patch_branch.layers.{i}.conv"),
+    _Rule("pconv{i+1}.bn1", "patch_branch.layers.{i}.norm"),
+    _Rule("mlp1.0", "fusion.fc1"),
+    _Rule("mlp1.2", "fusion.fc2"),
+    _Rule("feature_bank.weight", "codebook.entries"),
+    _Rule("fc_q", "codebook.query_proj"),
+    _Rule("fc_k", "codebook.key_proj"),
+    _Rule("mlp.0", "head.fc1"),
+    _Rule("mlp.2", "head.fc2"),
+)
+_DYNAMIC_CONV = (
+    _Rule("kernel.0", "dynamic_conv.kernel_mlp.fc1"),
+    _Rule("kernel.2", "dynamic_conv.kernel_mlp.fc2"),
+    _Rule("conv", "dynamic_conv.pointwise"),
+    _Rule("ca.conv_du.0", "channel_gate.reduce"),
+    _Rule("ca.conv_du.2", "channel_gate.expand"),
+)
+_CDSR_DQA = (
+    _Rule("sf_attn.gamma", "attention.gamma"),
+    _Rule("sf_attn.query_conv", "attention.query"),
+    _Rule("sf_attn.key_conv", "attention.key"),
+    _Rule("sf_attn.value_conv", "attention.value"),
+) + _DYNAMIC_CONV
+_CDSR_BLOCK = (
+    _Rule("SFT.fc.0", "condition.fc1"),
+    _Rule("SFT.fc.1", "condition.act"),
+    _Rule("SFT.fc.2", "condition.fc2"),
+    _Rule("SFT.dab.da_conv{k+1}", "dqa_block.adapt{k+1}", _CDSR_DQA),
+    _Rule("SFT.dab.conv{k+1}", "dqa_block.conv{k+1}"),
+    _Rule("RDB{k+1}.conv{j+1}", "dense_blocks.{k}.convs.{j}"),
+)
+_CDSR_GENERATOR = (
+    _Rule("compress.{i*2}", "embedding_mlp.{i}.linear"),
+    _Rule("compress.{i*2+1}", "embedding_mlp.{i}.act"),
+    _Rule("conv_first", "first_conv"),
+    _Rule("RRDB_trunk.{i}", "blocks.{i}", _CDSR_BLOCK),
+    _Rule("trunk_conv", "body_conv"),
+    _Rule("upsampler.0", "upsampler.conv"),
+)
+_DASR_ENCODER = (
+    _Rule("E.{i*3}", "layers.{i}.conv"),
+    _Rule("E.{i*3+1}", "layers.{i}.norm"),
+    _Rule("mlp.0", "head.fc1"),
+    _Rule("mlp.2", "head.fc2"),
+)
+_DASR_BLOCK = (
+    _Rule("da_conv{k+1}", "adapt{k+1}", _DYNAMIC_CONV),
+    _Rule("conv{k+1}", "conv{k+1}"),
+)
+_DASR_GENERATOR = (
+    _Rule("head.0", "head_conv"),
+    _Rule("compress.0", "degradation_proj"),
+    _Rule("body.{g}.body.5", "groups.{g}.conv"),  # the authors' 5 blocks, then the group's conv
+    _Rule("body.{g}.body.{j}", "groups.{g}.blocks.{j}", _DASR_BLOCK),
+    _Rule("body.5", "body_conv"),                 # after the authors' 5 groups
+    _Rule("tail.0.{i*2}", "upsampler.{i}.conv"),
+    _Rule("tail.1", "tail_conv"),
+)
+
+
+def _top_rules(generator: tuple, encoder: tuple) -> tuple[_Rule, ...]:
+    return (
+        _Rule("G", "generator", generator),
+        _Rule("E.encoder_q", "encoder.query_encoder", encoder),
+        _Rule("E.encoder_k", "encoder.key_encoder", encoder),
+        _Rule("E.queue", "encoder.queue"),
+        _Rule("E.queue_ptr", "encoder.queue_ptr"),
+    )
+
+
+_RULES = {"cdsr": _top_rules(_CDSR_GENERATOR, _CDSR_ENCODER),
+          "dasr": _top_rules(_DASR_GENERATOR, _DASR_ENCODER)}
+
+# DASR's MeanShift layers: constants in the authors' files, non-persistent buffers in ours.
+_MEAN_SHIFT_ATOL = 1e-3
+
+
+def authors_constants(model_name: str) -> dict[str, torch.Tensor]:
+    """The authors' saved keys that hold constants we do not store (DASR's MeanShift), with
+    their standard values (float32); empty for CDSR."""
+    if _authors_model(model_name) != "dasr":
+        return {}
+    mean = div2k_mean_255()
+    eye = torch.eye(3).view(3, 3, 1, 1)
+    return {"G.sub_mean.weight": eye, "G.sub_mean.bias": -mean,
+            "G.add_mean.weight": eye.clone(), "G.add_mean.bias": mean.clone()}
+
+
+def _authors_model(model_name: str) -> str:
+    name = str(model_name).lower()
+    if name not in _RULES:
+        raise CheckpointError(f"the authors published no {model_name!r} checkpoints; their format "
+                              f"exists for: {', '.join(sorted(_RULES))}")
+    return name
+
+
+def _match(template: list[str], segments: list[str], bound: dict[str, int]) -> dict | None:
+    bound = dict(bound)
+    for pattern, segment in zip(template, segments):
+        spec = _SEGMENT.fullmatch(pattern)
+        if spec is None:
+            if pattern != segment:
+                return None
+            continue
+        number = segment[len(spec["text"]):]
+        if not segment.startswith(spec["text"]) or not re.fullmatch(r"0|[1-9]\d*", number):
+            return None
+        a, b = int(spec["a"] or 1), int(spec["b"] or 0)
+        if int(number) < b or (int(number) - b) % a:
+            return None
+        value = (int(number) - b) // a
+        if bound.setdefault(spec["var"], value) != value:
+            return None
+    return bound
+
+
+def _render(template: list[str], bound: dict[str, int]) -> list[str]:
+    def one(pattern: str) -> str:
+        spec = _SEGMENT.fullmatch(pattern)
+        if spec is None:
+            return pattern
+        return spec["text"] + str(int(spec["a"] or 1) * bound[spec["var"]] + int(spec["b"] or 0))
+    return [one(p) for p in template]
+
+
+def _translate(segments: list[str], rules: tuple, source: str, target: str,
+               bound: dict[str, int]) -> list[str] | None:
+    for rule in rules:
+        template = getattr(rule, source).split(".")
+        if len(segments) < len(template):
+            continue
+        matched = _match(template, segments[:len(template)], bound)
+        if matched is None:
+            continue
+        rest = segments[len(template):]
+        if rule.children:
+            tail = _translate(rest, rule.children, source, target, matched)
+            if tail is None:
+                continue
+        elif rest and not (len(rest) == 1 and rest[0] in _LEAVES):
+            continue
+        else:
+            tail = rest
+        return _render(getattr(rule, target).split("."), matched) + tail
+    return None
+
+
+def _map_key(key: str, model_name: str, source: str, target: str) -> str:
+    rules = _RULES[_authors_model(model_name)]
+    mapped = _translate(key.split("."), rules, source, target, {})
+    if mapped is not None:
+        mapped_key = ".".join(mapped)
+        back = _translate(mapped, rules, target, source, {})
+        if back is not None and ".".join(back) == key:
+            return mapped_key
+    what = "authors'" if source == "authors" else "our"
+    raise KeyError(f"{key!r} is not a known {what} {model_name.upper()} key")
+
+
+def map_authors_key(key: str, model_name: str) -> str:
+    """Our name for one of the authors' keys (also ``E.encoder_k.*``, ``E.queue``,
+    ``E.queue_ptr``); KeyError for unknown keys and for DASR's MeanShift constants
+    (see ``authors_constants``)."""
+    return _map_key(key, model_name, "authors", "ours")
+
+
+def map_our_key(key: str, model_name: str) -> str:
+    """The authors' name for one of our keys; KeyError if there is none."""
+    return _map_key(key, model_name, "ours", "authors")
+
+
+def split_authors_state(state_dict: dict, model_name: str) -> tuple[dict, list[str]]:
+    """(mapped state dict in our names, authors' keys that map to nothing); checks and drops
+    DASR's MeanShift constants."""
+    name = _authors_model(model_name)
+    constants = authors_constants(name)
+    mapped, unknown = {}, []
+    for key, value in state_dict.items():
+        if key in constants:
+            expected = constants[key]
+            if (tuple(value.shape) != tuple(expected.shape)
+                    or not torch.allclose(value.detach().cpu().double(), expected.double(),
+                                          rtol=0, atol=_MEAN_SHIFT_ATOL)):
+                raise CheckpointError(f"{key} does not hold DASR's MeanShift constant (identity "
+                                      f"weight, bias -/+255*{DIV2K_RGB_MEAN}), which this "
+                                      "framework keeps fixed")
+            continue
+        try:
+            mapped[map_authors_key(key, name)] = value
+        except KeyError:
+            unknown.append(key)
+    return mapped, unknown
+
+
+def authors_to_ours(state_dict: dict, model_name: str) -> dict:
+    """Rename an authors' state dict to our keys (same tensors). DASR's MeanShift constants are
+    checked and dropped. CheckpointError for keys that have no counterpart."""
+    mapped, unknown = split_authors_state(state_dict, model_name)
+    if unknown:
+        raise CheckpointError(f"unknown {model_name.upper()} authors' key(s): {listing(unknown)}")
+    return mapped
+
+
+def ours_to_authors(state_dict: dict, model_name: str, *, keep_momentum: bool = False) -> dict:
+    """Rename our state dict to the authors' keys, as their trainer saves it: without the key
+    encoder and the queue unless ``keep_momentum``; DASR's MeanShift constants are added."""
+    name = _authors_model(model_name)
+    out = dict(authors_constants(name))
+    for key, value in state_dict.items():
+        if not keep_momentum and (key.startswith(KEY_ENCODER) or key in MOCO_STATE):
+            continue
+        try:
+            out[map_our_key(key, name)] = value
+        except KeyError as error:
+            raise CheckpointError(error.args[0]) from None
+    return out
+
+
+def _square_root(n: int, what: str) -> int:
+    if math.isqrt(n) ** 2 != n:
+        raise CheckpointError(f"cannot infer the scale: {what} has {n} output channels")
+    return math.isqrt(n)
+
+
+def infer_authors_model(state_dict: dict) -> tuple[str, int]:
+    """(model name, scale) of an authors' state dict, from its key names and upsampler shapes."""
+    keys = state_dict.keys()
+    try:
+        if any(k.startswith("G.RRDB_trunk.") for k in keys):
+            channels = state_dict["G.upsampler.0.weight"].shape[0]
+            if channels % 3:
+                raise CheckpointError(f"cannot infer the scale: G.upsampler.0 has {channels} "
+                                      "output channels, not 3*s^2")
+            return "cdsr", _square_root(channels // 3, "G.upsampler.0 (3*s^2)")
+        if any(k.startswith("G.body.") for k in keys):
+            n_feats = state_dict["G.head.0.weight"].shape[0]
+            scale, stage = 1, 0
+            while f"G.tail.0.{2 * stage}.weight" in state_dict:
+                channels = state_dict[f"G.tail.0.{2 * stage}.weight"].shape[0]
+                scale *= _square_root(channels // n_feats, f"G.tail.0.{2 * stage}")
+                stage += 1
+            if stage == 0:
+                raise KeyError("G.tail.0.0.weight")
+            return "dasr", scale
+    except KeyError as missing:
+        raise CheckpointError(f"authors' checkpoint lacks {missing.args[0]}; "
+                              "cannot infer its scale") from None
+    raise CheckpointError("authors' checkpoint is neither CDSR (G.RRDB_trunk.*) "
+                          "nor DASR (G.body.*)")
+
+
+def authors_key_note(key: str, model_name: str) -> str:
+    """``key`` (ours) followed by the authors' name for it, for error messages."""
+    try:
+        return f"{key} (authors' {map_our_key(key, model_name)})"
+    except KeyError:
+        return key
