@@ -15,6 +15,7 @@ from data.protocols import protocol_settings
 from data.testsets import Row, SettingSet, find_hr_dir, protocol_rows, read_protocol_sets
 from data.sample_photos import held_out_photos, training_photos
 
+
 def training_folders(args: argparse.Namespace) -> List[Path]:
     """HR folders of ``--data_train`` under ``--dir_data``: NAME/HR, NAME, or DIR_DATA itself
     when it directly holds images (the CDSR README passes ``--dir_data=.../DF2K/HR``)."""
@@ -35,14 +36,15 @@ def training_folders(args: argparse.Namespace) -> List[Path]:
 def build_train_set(args: argparse.Namespace) -> PatchPairs:
     """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos,
     each with its own draw of the training degradation; ``test_every * batch_size`` items per
-    epoch. Every image is checked here, before training."""
+    epoch. Every image file is decoded in full here, before training (in ``--n_threads``
+    processes)."""
     hr_patch = args.patch_size * args.scale
     common = dict(hr_patch_size=hr_patch, length=args.test_every * args.batch_size,
                   degradation=build_training_degradation(args), lr_patch_size=args.patch_size)
     if args.dir_data is None:
         photos = training_photos()
         return PatchPairs(list(photos.values()), names=list(photos), **common)
-    return PatchPairs(folder_sources(training_folders(args)), **common)
+    return PatchPairs(folder_sources(training_folders(args), workers=args.n_threads), **common)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
