@@ -4,6 +4,8 @@ import builtins
 import errno
 import logging
 import os
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -19,6 +21,12 @@ from data.images import ImageError, read_image, write_png
 from data.hr_folder import PatchPairs
 from data.store import StoreError, store_folder, store_sources
 from helpers import write_noise_images
+from scripts import prepare_data
+
+
+def prepare_data_command(*argv: str) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
+    return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
 
 
 def training_args(root: Path, *extra: str):
@@ -35,6 +43,21 @@ def write_mixed_images(folder: Path) -> None:
     cv2.imwrite(str(folder / "gray.png"), rng.integers(0, 256, (36, 30), dtype=np.uint8))
     cv2.imwrite(str(folder / "rgba.png"), rng.integers(0, 256, (30, 44, 4), dtype=np.uint8))
     cv2.imwrite(str(folder / "deep.png"), rng.integers(0, 65536, (45, 32, 3), dtype=np.uint16))
+
+
+@pytest.fixture
+def store_log():
+    """(level, message) of everything data.store logs (whatever the run logger's set-up)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append((record.levelno, record.getMessage()))
+    logger = logging.getLogger("cdsr.data")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def batches(args, dataset, seed: int = 5):
@@ -91,7 +114,7 @@ def test_a_fresh_store_is_read_without_decoding(tmp_path, monkeypatch):
                for a, b in zip(x.windows(corners, 16), y.windows(corners, 16)))
 
 
-def test_a_damaged_store_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, caplog):
+def test_a_damaged_store_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, store_log):
     write_noise_images(tmp_path / "T", [(40, 50), (33, 61), (30, 30)])
     cache = tmp_path / "cache"
     args = training_args(tmp_path, "--data_cache", str(cache))
@@ -100,9 +123,8 @@ def test_a_damaged_store_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, cap
     truncate(first)
     second.write_bytes(b"junk" + second.read_bytes()[4:])
     os.remove(third)
-    with caplog.at_level(logging.WARNING, logger="cdsr"):
-        dataset = build_train_set(args)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    dataset = build_train_set(args)
+    warnings = [message for level, message in store_log if level == logging.WARNING]
     assert len(warnings) == 3
     assert f"decoded store entry {first} is truncated or damaged" in warnings[0]
     assert f"{second} has a damaged header" in warnings[1]
@@ -110,7 +132,7 @@ def test_a_damaged_store_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, cap
     assert all(same(a, b) for a, b in zip(expected, batches(args, dataset)))
 
 
-def test_changed_new_and_removed_images_update_the_store(tmp_path):
+def test_changed_new_and_removed_images_update_the_store(tmp_path, store_log):
     folder, cache = tmp_path / "T", tmp_path / "cache"
     write_noise_images(folder, [(40, 50), (33, 61), (30, 30)])
     store_sources([folder], cache)
@@ -122,6 +144,8 @@ def test_changed_new_and_removed_images_update_the_store(tmp_path):
     assert [(Path(i.name).name, i.shape) for i in images] == [
         ("img_000.png", (20, 24)), ("img_001.png", (33, 61)), ("new.png", (18, 18))]
     assert (images[0].windows([(2, 3)], 8)[0] == 7).all()
+    assert f"{folder / 'img_000.png'} changed since it was decoded into the store" in store_log[-2][1]
+    assert "3 images, " in store_log[-1][1] and "decoded 2 in" in store_log[-1][1]
     assert [p.name for p in entries(cache)] == ["img_000.png.npy", "img_001.png.npy", "new.png.npy"]
     assert entries(cache)[1].stat().st_mtime_ns == untouched
     assert store_folder(cache, folder).name.startswith("T-")
@@ -204,3 +228,23 @@ def test_a_complete_store_on_a_read_only_disk_is_used(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match=f"cannot write the decoded store {cache}/T-.* "
                                          r"\(Read-only file system\) and 1 images need decoding"):
         store_sources([tmp_path / "T"], cache)
+
+
+def test_prepare_data_builds_the_store_main_py_reads(tmp_path, monkeypatch):
+    write_noise_images(tmp_path / "DF2K" / "HR", [(40, 50), (33, 61)])
+    cache = tmp_path / "cache"
+    done = prepare_data_command("--dir_data", str(tmp_path), "--data_cache", str(cache))
+    assert done.returncode == 0 and "decoded store" in done.stderr
+    assert done.stdout.startswith(f"decoded store under {cache}: 2 images, 0.00 GB on disk")
+    monkeypatch.setattr("data.store.read_image", None)  # main.py does not decode again
+    args = option.parse_args(["--dir_data", str(tmp_path), "--data_cache", str(cache),
+                              "--patch_size", "8", "--n_threads", "0"])
+    assert len(build_train_set(args).sources) == 2
+
+
+def test_prepare_data_errors_are_one_line(tmp_path, capsys):
+    assert prepare_data.main(["--dir_data", str(tmp_path), "--data_cache", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("error: training set 'DF2K' not found: tried ")
+    assert prepare_data.main(["--dir_data", "anywhere"]) == 2
+    assert capsys.readouterr().err == ("error: the following arguments are required: --data_cache "
+                                       "(see --help)\n")
