@@ -4,6 +4,7 @@ import builtins
 import errno
 import logging
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -21,7 +22,7 @@ from data.images import ImageError, read_image, write_png
 from data.hr_folder import PatchPairs
 from data.store import StoreError, store_folder, store_sources
 from helpers import write_noise_images
-from scripts import prepare_data
+from scripts import bench_data, prepare_data
 
 
 def prepare_data_command(*argv: str) -> subprocess.CompletedProcess:
@@ -248,3 +249,17 @@ def test_prepare_data_errors_are_one_line(tmp_path, capsys):
     assert prepare_data.main(["--dir_data", "anywhere"]) == 2
     assert capsys.readouterr().err == ("error: the following arguments are required: --data_cache "
                                        "(see --help)\n")
+
+
+def test_bench_data_prints_its_table_and_the_ratio_last(tmp_path, capsys, monkeypatch):
+    write_noise_images(tmp_path / "mine", [(200, 210), (200, 200)])
+    monkeypatch.setattr(utility, "setup_logging", lambda **kwargs: None)  # leave the run logger
+    argv = ["--hr_dir", str(tmp_path / "mine"), "--work", str(tmp_path / "w"), "--images", "2",
+            "--workers", "1", "--batch_size", "2", "--seconds", "0.01"]
+    assert bench_data.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-4].split() == ["mode", "png", "items/s", "store", "items/s", "store/png",
+                                 "png/worker", "store/worker"]
+    assert lines[-3].startswith("in-process") and lines[-2].startswith("1 worker")
+    assert re.fullmatch(r"store/png items/s per worker: \d+x", lines[-1])
+    assert sorted(p.name for p in (tmp_path / "w" / "HR").iterdir()) == ["img_000.png", "img_001.png"]
