@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "with scikit-image and matplotlib are used")
     g.add_argument("--data_train", default="DF2K",
                    help="training set(s) under --dir_data, '+'-separated (HR images in NAME/HR or NAME)")
+    g.add_argument("--data_cache", default=None,
+                   help="folder of the decoded store: each --data_train image is decoded once "
+                        "into raw pixels there (3 bytes per pixel: about 29 GB for DF2K), built "
+                        "on first use (or by scripts/prepare_data.py) and updated when an image "
+                        "changes; training then reads patches without decoding. Without it every "
+                        "image is decoded at each start and at every use")
     _add_benchmark_flags(g)
     g.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="upscaling factor")
     g.add_argument("--patch_size", type=int, default=24, help="LR training patch size")

@@ -1,5 +1,6 @@
 """Data builders: the only place in ``data/`` that reads command-line options."""
 import argparse
+import logging
 import signal
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -12,10 +13,14 @@ from data.eval_set import EvalSet, ImageSource
 from data.hr_folder import PatchPairs, folder_sources
 from data.images import ImageError, list_images
 from data.sampler import GlobalBatchSampler
+from data.store import store_sources
 from data.protocols import protocol_settings
 from data.setting import Setting, fixed_setting
 from data.testsets import find_hr_dir, read_protocol_sets
 from data.sample_photos import held_out_photos, training_photos
+
+log = logging.getLogger("cdsr.data")  # a child of the run's logger
+
 
 def training_folders(args: argparse.Namespace) -> List[Path]:
     """HR folders of ``--data_train`` under ``--dir_data``: NAME/HR, NAME, or DIR_DATA itself
@@ -37,14 +42,22 @@ def training_folders(args: argparse.Namespace) -> List[Path]:
 def build_train_set(args: argparse.Namespace) -> PatchPairs:
     """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos,
     each with its own draw of the training degradation; ``test_every * batch_size`` items per
-    epoch. Every image is checked here, before training."""
+    epoch. Every image is checked here, before training: with ``--data_cache`` each new or
+    changed image is decoded once into the decoded store (``data.store``), which the loader then
+    reads without decoding; without it every image file is decoded in full at each start (in
+    ``--n_threads`` processes). Both give the same items."""
     hr_patch = args.patch_size * args.scale
     common = dict(hr_patch_size=hr_patch, length=args.test_every * args.batch_size,
                   degradation=build_training_degradation(args), lr_patch_size=args.patch_size)
     if args.dir_data is None:
+        if args.data_cache is not None:
+            log.warning("--data_cache is not used without --dir_data: the sample photos are in memory")
         photos = training_photos()
         return PatchPairs(list(photos.values()), names=list(photos), **common)
-    return PatchPairs(folder_sources(training_folders(args)), **common)
+    folders = training_folders(args)
+    if args.data_cache is None:
+        return PatchPairs(folder_sources(folders, workers=args.n_threads), **common)
+    return PatchPairs(store_sources(folders, Path(args.data_cache), workers=args.n_threads), **common)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
