@@ -1,15 +1,15 @@
-"""Training phases, the training step, checkpoints and the one evaluation loop.
+"""The training run and the one evaluation loop.
 
-A run is a list of :class:`Phase` records (encoder pre-training, joint, frozen encoder), built
-from the options and validated before anything starts. Each phase transition rebuilds the Adam
-optimizer over exactly the parameters that phase trains (and the DDP wrapper, which registers
-gradients at construction) and is logged once.
+A run is a list of phases (``model.training.Phase``: encoder pre-training, joint, frozen encoder),
+built from the options and validated before anything starts; ``Trainer`` runs them epoch by
+epoch. Each phase transition rebuilds the Adam optimizer over exactly the parameters that phase
+trains (and the DDP wrapper, which registers gradients at construction) and is logged once.
+The phase vocabulary and the training step live in ``model/training.py`` and are re-exported
+here (``trainer.training_step``, ``trainer.Phase``, ...).
 """
 import argparse
-import dataclasses
 import math
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -20,166 +20,16 @@ from tqdm import tqdm
 import utility
 from data import build_train_loader, build_train_set, epoch_seed
 from data.eval_set import EvalSet
+from data.plots import plot_curves
+from data.report import CsvTable
 from data.images import to_image, write_png
-from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from model.checkpoint import (load_weights, read_checkpoint, rng_states, save_checkpoint,
+                              set_rng_states)
 from model.inference import bicubic_upscale, predict
-from model.parallel import (ProcessGroup, any_process, barrier, check_in_sync,
-                            data_parallel_devices, gather_rows, sum_over_processes, unwrap,
-                            world_size, wrap)
+from model.parallel import ProcessGroup, any_process, barrier, check_in_sync, data_parallel_devices, wrap
 from model.precision import Precision
-
-ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
-
-
-@dataclass(frozen=True)
-class Phase:
-    """Epochs ``first..last`` (1-based, inclusive) trained the same way.
-
-    encoder: contrastive loss only, the query encoder is trained;
-    joint: reconstruction + contrastive, generator and query encoder are trained;
-    freeze: reconstruction only, the encoder is frozen (eval mode, no gradients, not optimised).
-    The learning rate is ``base_lr * gamma ** ((epoch - origin) // step)``: the authors' step
-    schedule, counted from the start of pre-training (``origin`` 0) or of SR training
-    (``origin`` = number of pre-training epochs).
-    """
-    name: str
-    first: int
-    last: int
-    base_lr: float
-    step: int
-    gamma: float
-    origin: int
-
-    @property
-    def trains_encoder(self) -> bool:
-        return self.name in (ENCODER, JOINT)
-
-    @property
-    def trains_generator(self) -> bool:
-        return self.name in (JOINT, FREEZE)
-
-    def lr_at(self, epoch: int) -> float:
-        return self.base_lr * self.gamma ** ((epoch - self.origin) // self.step)
-
-
-def build_phases(args: argparse.Namespace) -> List[Phase]:
-    """Phases from ``--epochs_encoder``, ``--epochs_sr``, ``--freeze_epoch`` and the lr flags.
-
-    Raises ValueError when the ranges make no sense.
-    """
-    n_encoder = max(args.epochs_encoder, 0)
-    total = n_encoder + args.epochs_sr
-    if args.epochs_sr < 0:
-        raise ValueError(f"--epochs_sr must be >= 0, got {args.epochs_sr}")
-    if total == 0:
-        raise ValueError("nothing to train: --epochs_encoder and --epochs_sr are both 0")
-    if args.epochs_sr > 0 and args.freeze_epoch <= n_encoder:
-        raise ValueError(f"--freeze_epoch {args.freeze_epoch} falls inside encoder pre-training "
-                         f"(epochs 1..{n_encoder}); it must be > {n_encoder}")
-    phases = []
-    if n_encoder:
-        phases.append(Phase(ENCODER, 1, n_encoder, args.lr_encoder, args.lr_decay_encoder,
-                            args.gamma_encoder, 0))
-    sr = dict(base_lr=args.lr_sr, step=args.lr_decay_sr, gamma=args.gamma_sr, origin=n_encoder)
-    if args.freeze_epoch > n_encoder + 1:
-        phases.append(Phase(JOINT, n_encoder + 1, min(args.freeze_epoch - 1, total), **sr))
-    if args.freeze_epoch <= total:
-        phases.append(Phase(FREEZE, max(args.freeze_epoch, n_encoder + 1), total, **sr))
-    return [p for p in phases if p.first <= p.last]
-
-
-def phase_of(phases: Sequence[Phase], epoch: int) -> Phase:
-    return next(p for p in phases if p.first <= epoch <= p.last)
-
-
-def phases_summary(phases: Sequence[Phase]) -> List[Dict[str, object]]:
-    return [dataclasses.asdict(p) for p in phases]
-
-
-def set_trainable(model: nn.Module, phase: Phase) -> None:
-    """requires_grad and train/eval modes for ``phase`` (the key encoder never has gradients)."""
-    model.train()
-    for p in model.generator.parameters():
-        p.requires_grad_(phase.trains_generator)
-    for p in model.encoder.query_encoder.parameters():
-        p.requires_grad_(phase.trains_encoder)
-    if not phase.trains_encoder:
-        model.encoder.eval()
-
-
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam (0.9, 0.999, eps 1e-8) over the parameters that currently require gradients."""
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
-                            betas=(0.9, 0.999), eps=1e-8)
-
-
-# ----------------------------------------------------------------------------- the step
-def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, torch.Tensor]:
-    """lr (B,2,3,h,w): query and key patches. Returns the outputs the phase's losses need."""
-    if phase.name == ENCODER:
-        return net(lr[:, 0], lr[:, 1], with_sr=False)
-    if phase.name == JOINT:
-        return net(lr[:, 0], lr[:, 1])
-    return {"sr": net(lr[:, 0])}
-
-
-@dataclass
-class StepResult:
-    """What one training step did: the forward's ``outputs``, this process's loss components
-    ``losses`` (tensors, ``total`` included), their means over all processes ``reported``
-    (floats: the global batch's losses) and whether the update was ``applied``."""
-    outputs: Dict[str, torch.Tensor]
-    losses: Dict[str, torch.Tensor]
-    reported: Dict[str, float]
-    applied: bool
-
-
-def gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """0-dim bool tensor: every gradient the optimizer holds is finite."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return torch.tensor(True)
-    return torch.isfinite(torch.nn.utils.get_total_norm(grads))
-
-
-def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Phase,
-                  criterion: nn.Module, optimizer: torch.optim.Optimizer, *,
-                  precision: Optional[Precision] = None) -> StepResult:
-    """One optimisation step; lr (B,2,3,h,w), hr (B,3,s*h,s*w), both 0..255 (B: this process's
-    share of the global batch).
-
-    MoCo's state is updated here, on the real module, once per step, in the authors' order:
-    the key encoder's momentum update before the forward (with the pre-step query weights), the
-    enqueue of the keys of the whole global batch (every process's, in rank order) after the
-    backward; the forward, which DataParallel and DDP replicate, changes none of it.
-
-    A step whose loss or gradients are not finite on any process is not applied (no optimizer
-    step, no enqueue); with fp16 the gradient scaler alone deals with overflowing gradients.
-    """
-    precision = precision or Precision()
-    moco = unwrap(net).encoder if phase.trains_encoder else None
-    optimizer.zero_grad(set_to_none=True)
-    if moco is not None:
-        moco.momentum_update()
-    with precision.autocast(lr.device):
-        outputs = phase_forward(net, lr, phase)
-    losses = criterion(outputs, hr)
-    precision.backward(losses["total"])
-    finite = torch.isfinite(losses["total"].detach())
-    if not precision.scales_gradients:
-        finite = finite & gradients_finite(optimizer).to(finite.device)
-    # One collective per step: every process's losses and whether it saw a non-finite value.
-    local = torch.stack([*(v.detach().float() for v in losses.values()), (~finite).float()])
-    totals = sum_over_processes(local).tolist()
-    reported = {k: v / world_size() for k, v in zip(losses, totals)}
-    applied = totals[-1] == 0
-    if applied:
-        precision.step(optimizer)
-        if moco is not None:
-            moco.enqueue(gather_rows(outputs["keys"]))
-    else:
-        optimizer.zero_grad(set_to_none=True)
-    return StepResult(outputs, losses, reported, applied)
+from model.training import (ENCODER, FREEZE, JOINT, Phase, StepResult, build_phases,  # noqa: F401
+                            make_optimizer, phase_of, phases_summary, set_trainable, training_step)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -261,7 +111,7 @@ class Trainer:
         self.phases = build_phases(args)
         self.precision = Precision(args.precision, device)
         self.data_parallel = self.parallel_devices(args.n_GPUs, device)
-        self.train_set = build_train_set(args)
+        self.train_set = build_train_set(args, full_check=group.local_rank == 0)
         self.net: Optional[nn.Module] = None         # the model as the step calls it (DDP, ...)
         self.phase: Optional[Phase] = None
         self.optimizer = None
@@ -271,8 +121,8 @@ class Trainer:
         self.stop: Optional[utility.StopSignals] = None
         self.best_psnr = -math.inf
         self.bad_steps = 0                      # consecutive steps with non-finite values
-        self.psnr_table = utility.CsvTable(self.run_dir / "psnr.csv", PSNR_FIELDS)
-        self.loss_table = utility.CsvTable(self.run_dir / "losses.csv",
+        self.psnr_table = CsvTable(self.run_dir / "psnr.csv", PSNR_FIELDS)
+        self.loss_table = CsvTable(self.run_dir / "losses.csv",
                                            LOSS_FIELDS + tuple(getattr(criterion, "names", ())))
 
     def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
@@ -356,7 +206,7 @@ class Trainer:
         if iteration:
             self.precision.load_state_dict(progress.get("scaler") or {})
             self.bad_steps = progress.get("bad_steps", 0)
-            utility.set_rng_states(progress["rng"])
+            set_rng_states(progress["rng"])
         self.best_psnr = max((float(r["psnr"]) for r in self.psnr_table.read()
                               if r["dataset"] == self.test_sets[0].name), default=-math.inf)
         where = f"iteration {iteration} of epoch {epoch + 1}" if iteration else f"epoch {epoch}"
@@ -435,7 +285,7 @@ class Trainer:
             if it < total and self.stop_requested():
                 self.save(epoch - 1, progress={
                     "iteration": it, "sums": sums, "skipped": skipped, "bad_steps": self.bad_steps,
-                    "scaler": self.precision.state_dict(), "rng": utility.rng_states()})
+                    "scaler": self.precision.state_dict(), "rng": rng_states()})
                 raise self.preempted(f"in epoch {epoch} after iteration {it}")
 
     def record_step(self, epoch: int, iteration: int, lr: float, step: StepResult) -> None:
@@ -498,6 +348,6 @@ class Trainer:
         rows = self.psnr_table.read()
         for row in rows:
             curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
-        utility.plot_curves(self.run_dir / "psnr.png", sorted({int(r["epoch"]) for r in rows}), curves,
+        plot_curves(self.run_dir / "psnr.png", sorted({int(r["epoch"]) for r in rows}), curves,
                             xlabel="epoch", ylabel="PSNR (dB)",
                             title=f"{self.model.name.upper()} x{self.model.scale}")

@@ -6,18 +6,17 @@ Metric convention (CDSR's and DASR's test loops, stated once): both images are q
 ``crop_border = scale``), then PSNR is ``20 log10(255 / RMSE)`` and SSIM is the MATLAB-style
 Gaussian SSIM (11x11 window, sigma 1.5, valid region, C1 = (0.01*255)^2, C2 = (0.03*255)^2).
 """
-import csv
 import json
 import logging
 import math
 import os
-import random
 import signal
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -159,28 +158,6 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def rng_states() -> Dict[str, object]:
-    """Every global random state (torch CPU and CUDA, NumPy, Python) as tensors and plain
-    values, so a checkpoint holding them loads with ``weights_only=True``."""
-    _, keys, position, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
-            "python": [list(part) if isinstance(part, tuple) else part for part in random.getstate()]}
-
-
-def set_rng_states(states: Dict[str, object]) -> None:
-    """Restore what ``rng_states`` returned (CUDA states only where the devices exist)."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
-    numpy = states["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached"]))
-    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in states["python"]))
-
-
 class Preempted(Exception):
     """Training stopped on a signal after writing a checkpoint; the message says how to go on."""
 
@@ -251,6 +228,8 @@ def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
         if _reports_errors():
             rank = os.environ.get("RANK", "0")
             print(f"error: {'' if rank == '0' else f'(rank {rank}) '}{error}", file=sys.stderr)
+        # The frames hold the data loader (its workers) alive until exit; free them now.
+        traceback.clear_frames(error.__traceback__)
         return 2
     return 0
 
@@ -284,46 +263,6 @@ class StepMeter:
     def wait_share(self) -> float:
         """Fraction of the iterations' time spent waiting for data (0 before any step)."""
         return self.waiting / self.total if self.total > 0 else 0.0
-
-
-class CsvTable:
-    """A CSV file of one row per record with fixed ``fields`` (psnr.csv, losses.csv); rows of
-    an ``epoch`` (and ``iteration``) can be dropped when a resumed run redoes them."""
-
-    def __init__(self, path: Union[str, Path], fields: Sequence[str]) -> None:
-        self.path = Path(path)
-        self.fields = tuple(fields)
-
-    def read(self) -> List[Dict[str, str]]:
-        """The rows, as strings; [] when there is no table yet."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
-        new = mode == "w" or not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, mode, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-
-    def forget_after(self, epoch: int, iteration: int = 0) -> None:
-        """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but
-        before its checkpoint redoes that work on resume and must record it once. Rows without
-        an iteration column count as the end of their epoch."""
-        def done(row: Dict[str, str]) -> bool:
-            row_epoch = int(row["epoch"])
-            if "iteration" not in row or not iteration:
-                return row_epoch <= epoch
-            return row_epoch < epoch + 1 or (row_epoch == epoch + 1 and int(row["iteration"]) <= iteration)
-
-        rows = self.read()
-        kept = [row for row in rows if done(row)]
-        if len(kept) < len(rows):
-            self.write(kept, mode="w")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -412,84 +351,3 @@ def mean_score(values: Iterable[float]) -> float:
     """Mean of per-image scores (NaN for none); an ``inf`` PSNR (an identical image) makes it ``inf``."""
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
-
-
-# --------------------------------------------------------------------------- plots
-
-def plot_curves(path: Union[str, Path], x: Sequence[float], curves: Dict[str, Sequence[float]],
-                *, xlabel: str, ylabel: str, title: str = "") -> None:
-    """Line plot of several named curves over a shared x axis, saved as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, y in curves.items():
-        ax.plot(list(x)[:len(y)], list(y), marker="o", markersize=3, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_metric_by_setting(path: Union[str, Path], labels: Sequence[str],
-                           curves: Dict[str, Sequence[float]], *, x: Union[Sequence[float], None] = None,
-                           xlabel: str, ylabel: str, title: str = "") -> None:
-    """One curve per name over the settings ``labels``, saved as PNG. ``x``: numeric positions
-    (e.g. kernel widths); None spaces the settings evenly and writes their labels as ticks."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    positions = list(x) if x is not None else list(range(len(labels)))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels)), 4))
-    for name, y in curves.items():
-        ax.plot(positions[:len(y)], list(y), marker="o", markersize=3, label=name)
-    ax.set_xticks(positions)
-    ax.set_xticklabels(list(labels), rotation=0 if x is not None else 45,
-                       ha="center" if x is not None else "right", fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_image_grid(path: Union[str, Path], images: Sequence[Sequence[np.ndarray]],
-                    titles: Sequence[Sequence[str]], *, row_labels: Sequence[str] = ()) -> None:
-    """A grid of uint8 (H,W,3) RGB images (rows x columns, e.g. bicubic | SR | HR crops per
-    setting) with a title per image and a label per row, saved as PNG (nearest-neighbour
-    display, so pixels stay visible)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_rows, n_cols = len(images), max(len(row) for row in images)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols, 2.5 * n_rows), squeeze=False)
-    for r, row in enumerate(images):
-        for c in range(n_cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(row):
-                ax.imshow(row[c], interpolation="nearest")
-                ax.set_title(titles[r][c], fontsize=8)
-            else:
-                ax.axis("off")
-        if r < len(row_labels):
-            axes[r][0].set_ylabel(row_labels[r], fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -3,7 +3,7 @@ import argparse
 import logging
 import signal
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -39,13 +39,14 @@ def training_folders(args: argparse.Namespace) -> List[Path]:
     return folders
 
 
-def build_train_set(args: argparse.Namespace) -> PatchPairs:
+def build_train_set(args: argparse.Namespace, full_check: bool = True) -> PatchPairs:
     """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos,
     each with its own draw of the training degradation; ``test_every * batch_size`` items per
     epoch. Every image is checked here, before training: with ``--data_cache`` each new or
     changed image is decoded once into the decoded store (``data.store``), which the loader then
     reads without decoding; without it every image file is decoded in full at each start (in
-    ``--n_threads`` processes). Both give the same items."""
+    ``--n_threads`` processes; only the headers without ``full_check``). Both give the same
+    items."""
     hr_patch = args.patch_size * args.scale
     common = dict(hr_patch_size=hr_patch, length=args.test_every * args.batch_size,
                   degradation=build_training_degradation(args), lr_patch_size=args.patch_size)
@@ -56,7 +57,7 @@ def build_train_set(args: argparse.Namespace) -> PatchPairs:
         return PatchPairs(list(photos.values()), names=list(photos), **common)
     folders = training_folders(args)
     if args.data_cache is None:
-        return PatchPairs(folder_sources(folders, workers=args.n_threads), **common)
+        return PatchPairs(folder_sources(folders, args.n_threads, full_check), **common)
     return PatchPairs(store_sources(folders, Path(args.data_cache), workers=args.n_threads), **common)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image as PILImage
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
@@ -61,11 +62,25 @@ def decoded_shape(path: Path) -> Tuple[int, int]:
     return read_image(path).shape[:2]
 
 
-def folder_sources(folders: List[Path], workers: int = 0) -> List[FileImage]:
+def header_shape(path: Path) -> Tuple[int, int]:
+    """(H, W) of an image file from its header alone (ImageError naming it when unreadable)."""
+    try:
+        with PILImage.open(path) as image:
+            width, height = image.size
+    except Exception as error:  # PIL raises many types for bad files
+        raise ImageError(f"cannot read image {path} ({error}); remove or replace it") from None
+    return height, width
+
+
+def folder_sources(folders: List[Path], workers: int = 0, full_check: bool = True) -> List[FileImage]:
     """All images in the given folders (each must exist and hold images), every one decoded in
     full once here, in ``workers`` processes with a progress bar, so a corrupt, truncated or
-    unsupported file stops training before it starts, named (``ImageError``)."""
+    unsupported file stops training before it starts, named (``ImageError``). Without
+    ``full_check`` (the other processes of a torchrun job on a machine whose first process
+    checks) only the headers are read."""
     files = [path for folder in folders for path in list_images(folder)]
+    if not full_check:
+        return [FileImage(path, header_shape(path)) for path in files]
     shapes = dict(each_decoded(decoded_shape, files, workers, "checking training images"))
     return [FileImage(path, shapes[i]) for i, path in enumerate(files)]
 

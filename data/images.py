@@ -81,7 +81,7 @@ def read_image(path: PathLike) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"image {path} does not exist")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = _decode(data) if data.size else None
     if image is not None and image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image is not None and image.ndim == 3 and image.shape[2] == 4:
@@ -104,12 +104,23 @@ def _read_with_imageio(path: Path):
         return None
 
 
+def _decode(data: np.ndarray) -> Optional[np.ndarray]:
+    """OpenCV's decoding of a file's bytes, or None; its warnings about a truncated or corrupt
+    file are silenced (the caller raises one ImageError naming the file instead)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def read_image_and_alpha(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
     """An image file -> (uint8 (H,W,3) RGB as :func:`read_image` gives it, uint8 (H,W) alpha or
     None, whether the file was grayscale), so an SR result can be written in the input's kind."""
     path = Path(path)
     rgb = read_image(path)
-    raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    raw = _decode(np.fromfile(str(path), dtype=np.uint8))
     if raw is None:                       # read by imageio: treat as plain RGB
         return rgb, None, False
     alpha = to_rgb_uint8(raw[:, :, 3], str(path))[:, :, 0] if raw.ndim == 3 and raw.shape[2] == 4 else None

@@ -1,4 +1,5 @@
-"""Tables and figures of evaluation results: ``trainer.evaluate``'s scores of ``EvalSet``s.
+"""Tables and figures of evaluation results: ``trainer.evaluate``'s scores of ``EvalSet``s, and
+the CSV tables of a training run (``CsvTable``: psnr.csv, losses.csv).
 
 A table has a row per setting and a column per dataset (``results.md``, ``.csv``, ``.json``). The
 figures are PSNR per setting (one curve per dataset) and, per chosen image, crops of bicubic
@@ -7,11 +8,12 @@ upscaling | SR | HR for every setting, drawn from the SR images ``evaluate(save_
 import csv
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 import utility
+from data import plots
 from data.eval_set import EvalSet
 from data.images import read_image, to_image, to_tensor
 from data.setting import Setting
@@ -86,7 +88,7 @@ def plot_psnr_by_setting(path: Path, sets: Sequence[EvalSet], results: Dict[str,
     for s in sets:
         name = s.dataset + (f" noise {s.setting.noise:g}" if several_levels else "")
         curves.setdefault(name, []).append(results[s.name]["psnr"])
-    utility.plot_metric_by_setting(path, labels, curves, x=x, xlabel=xlabel, ylabel="PSNR (dB)",
+    plots.plot_metric_by_setting(path, labels, curves, x=x, xlabel=xlabel, ylabel="PSNR (dB)",
                                    title=title)
 
 
@@ -141,7 +143,7 @@ def plot_comparisons(folder: Path, sets: Sequence[EvalSet], sr_dir: Path,
                 panels.append(row)
                 titles.append(row_titles)
             path = Path(folder) / f"compare_{dataset}_{name}.png"
-            utility.plot_image_grid(path, panels, titles, row_labels=[s.setting.label for s in rows])
+            plots.plot_image_grid(path, panels, titles, row_labels=[s.setting.label for s in rows])
             written.append(path)
     unknown = [n for n in names or () if not any(n in s.image_names() for s in sets)]
     if unknown:
@@ -153,6 +155,46 @@ def plot_set_comparison(path: Path, eval_set: EvalSet, sr_dir: Path, max_images:
     """``path``: a row per image (the first ``max_images``) of bicubic upscaling | SR | HR crops
     of one set, the SR read from ``sr_dir`` as in ``plot_comparisons``."""
     rows = [_comparison_row(eval_set, i, sr_dir) for i in range(min(len(eval_set), max_images))]
-    utility.plot_image_grid(path, [r[0] for r in rows], [r[1] for r in rows],
+    plots.plot_image_grid(path, [r[0] for r in rows], [r[1] for r in rows],
                             row_labels=eval_set.image_names()[:len(rows)])
     return Path(path)
+
+
+class CsvTable:
+    """A CSV file of one row per record with fixed ``fields`` (psnr.csv, losses.csv); rows of
+    an ``epoch`` (and ``iteration``) can be dropped when a resumed run redoes them."""
+
+    def __init__(self, path: Union[str, Path], fields: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.fields = tuple(fields)
+
+    def read(self) -> List[Dict[str, str]]:
+        """The rows, as strings; [] when there is no table yet."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
+        new = mode == "w" or not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def forget_after(self, epoch: int, iteration: int = 0) -> None:
+        """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but
+        before its checkpoint redoes that work on resume and must record it once. Rows without
+        an iteration column count as the end of their epoch."""
+        def done(row: Dict[str, str]) -> bool:
+            row_epoch = int(row["epoch"])
+            if "iteration" not in row or not iteration:
+                return row_epoch <= epoch
+            return row_epoch < epoch + 1 or (row_epoch == epoch + 1 and int(row["iteration"]) <= iteration)
+
+        rows = self.read()
+        kept = [row for row in rows if done(row)]
+        if len(kept) < len(rows):
+            self.write(kept, mode="w")

@@ -10,12 +10,14 @@ model inference: ``model/authors_format.py``, whose public names are re-exported
 """
 import os
 import pickle
+import random
 import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -246,3 +248,28 @@ def load_model(source: Source, device: Union[str, torch.device] = "cpu", *,
     model = build_model(name, scale=found, **kwargs)
     _load_opened(model, checkpoint, label)
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The random state of a run, for mid-epoch checkpoints.
+
+def rng_states() -> dict:
+    """Every global random state (torch CPU and CUDA, NumPy, Python) as tensors and plain
+    values, so a checkpoint holding them loads with ``weights_only=True``."""
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": [list(part) if isinstance(part, tuple) else part for part in random.getstate()]}
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what ``rng_states`` returned (CUDA states only where the devices exist)."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached"]))
+    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in states["python"]))

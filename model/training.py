@@ -1,0 +1,170 @@
+"""How a blind-SR model is trained: the phases (data, validated before anything starts), what
+each trains, and one optimisation step.
+
+Encoder pre-training trains the query encoder on the contrastive loss; the joint phase trains
+generator and query encoder on reconstruction + contrastive losses; the frozen phase trains the
+generator alone. The step keeps MoCo's state (key encoder, queue) outside the forward that
+DataParallel and DDP replicate, so it is the same on one device and on many.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .parallel import gather_rows, sum_over_processes, unwrap, world_size
+from .precision import Precision
+
+ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``first..last`` (1-based, inclusive) trained the same way.
+
+    encoder: contrastive loss only, the query encoder is trained;
+    joint: reconstruction + contrastive, generator and query encoder are trained;
+    freeze: reconstruction only, the encoder is frozen (eval mode, no gradients, not optimised).
+    The learning rate is ``base_lr * gamma ** ((epoch - origin) // step)``: the authors' step
+    schedule, counted from the start of pre-training (``origin`` 0) or of SR training
+    (``origin`` = number of pre-training epochs).
+    """
+    name: str
+    first: int
+    last: int
+    base_lr: float
+    step: int
+    gamma: float
+    origin: int
+
+    @property
+    def trains_encoder(self) -> bool:
+        return self.name in (ENCODER, JOINT)
+
+    @property
+    def trains_generator(self) -> bool:
+        return self.name in (JOINT, FREEZE)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** ((epoch - self.origin) // self.step)
+
+
+def build_phases(args: argparse.Namespace) -> List[Phase]:
+    """Phases from ``--epochs_encoder``, ``--epochs_sr``, ``--freeze_epoch`` and the lr flags.
+
+    Raises ValueError when the ranges make no sense.
+    """
+    n_encoder = max(args.epochs_encoder, 0)
+    total = n_encoder + args.epochs_sr
+    if args.epochs_sr < 0:
+        raise ValueError(f"--epochs_sr must be >= 0, got {args.epochs_sr}")
+    if total == 0:
+        raise ValueError("nothing to train: --epochs_encoder and --epochs_sr are both 0")
+    if args.epochs_sr > 0 and args.freeze_epoch <= n_encoder:
+        raise ValueError(f"--freeze_epoch {args.freeze_epoch} falls inside encoder pre-training "
+                         f"(epochs 1..{n_encoder}); it must be > {n_encoder}")
+    phases = []
+    if n_encoder:
+        phases.append(Phase(ENCODER, 1, n_encoder, args.lr_encoder, args.lr_decay_encoder,
+                            args.gamma_encoder, 0))
+    sr = dict(base_lr=args.lr_sr, step=args.lr_decay_sr, gamma=args.gamma_sr, origin=n_encoder)
+    if args.freeze_epoch > n_encoder + 1:
+        phases.append(Phase(JOINT, n_encoder + 1, min(args.freeze_epoch - 1, total), **sr))
+    if args.freeze_epoch <= total:
+        phases.append(Phase(FREEZE, max(args.freeze_epoch, n_encoder + 1), total, **sr))
+    return [p for p in phases if p.first <= p.last]
+
+
+def phase_of(phases: Sequence[Phase], epoch: int) -> Phase:
+    return next(p for p in phases if p.first <= epoch <= p.last)
+
+
+def phases_summary(phases: Sequence[Phase]) -> List[Dict[str, object]]:
+    return [dataclasses.asdict(p) for p in phases]
+
+
+def set_trainable(model: nn.Module, phase: Phase) -> None:
+    """requires_grad and train/eval modes for ``phase`` (the key encoder never has gradients)."""
+    model.train()
+    for p in model.generator.parameters():
+        p.requires_grad_(phase.trains_generator)
+    for p in model.encoder.query_encoder.parameters():
+        p.requires_grad_(phase.trains_encoder)
+    if not phase.trains_encoder:
+        model.encoder.eval()
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam (0.9, 0.999, eps 1e-8) over the parameters that currently require gradients."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            betas=(0.9, 0.999), eps=1e-8)
+
+
+def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, torch.Tensor]:
+    """lr (B,2,3,h,w): query and key patches. Returns the outputs the phase's losses need."""
+    if phase.name == ENCODER:
+        return net(lr[:, 0], lr[:, 1], with_sr=False)
+    if phase.name == JOINT:
+        return net(lr[:, 0], lr[:, 1])
+    return {"sr": net(lr[:, 0])}
+
+
+@dataclass
+class StepResult:
+    """What one training step did: the forward's ``outputs``, this process's loss components
+    ``losses`` (tensors, ``total`` included), their means over all processes ``reported``
+    (floats: the global batch's losses) and whether the update was ``applied``."""
+    outputs: Dict[str, torch.Tensor]
+    losses: Dict[str, torch.Tensor]
+    reported: Dict[str, float]
+    applied: bool
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """0-dim bool tensor: every gradient the optimizer holds is finite."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    return torch.isfinite(torch.nn.utils.get_total_norm(grads))
+
+
+def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Phase,
+                  criterion: nn.Module, optimizer: torch.optim.Optimizer, *,
+                  precision: Optional[Precision] = None) -> StepResult:
+    """One optimisation step; lr (B,2,3,h,w), hr (B,3,s*h,s*w), both 0..255 (B: this process's
+    share of the global batch).
+
+    MoCo's state is updated here, on the real module, once per step, in the authors' order:
+    the key encoder's momentum update before the forward (with the pre-step query weights), the
+    enqueue of the keys of the whole global batch (every process's, in rank order) after the
+    backward; the forward, which DataParallel and DDP replicate, changes none of it.
+
+    A step whose loss or gradients are not finite on any process is not applied (no optimizer
+    step, no enqueue); with fp16 the gradient scaler alone deals with overflowing gradients.
+    """
+    precision = precision or Precision()
+    moco = unwrap(net).encoder if phase.trains_encoder else None
+    optimizer.zero_grad(set_to_none=True)
+    if moco is not None:
+        moco.momentum_update()
+    with precision.autocast(lr.device):
+        outputs = phase_forward(net, lr, phase)
+    losses = criterion(outputs, hr)
+    precision.backward(losses["total"])
+    finite = torch.isfinite(losses["total"].detach())
+    if not precision.scales_gradients:
+        finite = finite & gradients_finite(optimizer).to(finite.device)
+    # One collective per step: every process's losses and whether it saw a non-finite value.
+    local = torch.stack([*(v.detach().float() for v in losses.values()), (~finite).float()])
+    totals = sum_over_processes(local).tolist()
+    reported = {k: v / world_size() for k, v in zip(losses, totals)}
+    applied = totals[-1] == 0
+    if applied:
+        precision.step(optimizer)
+        if moco is not None:
+            moco.enqueue(gather_rows(outputs["keys"]))
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(outputs, losses, reported, applied)
