@@ -276,6 +276,12 @@ def validate(args: argparse.Namespace) -> None:
     _validate_evaluation(args)
     if args.n_threads < 0:
         raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
+    hr_patch = args.patch_size * args.scale
+    if args.degradation == "dasr" and hr_patch <= args.blur_kernel // 2:
+        raise ValueError(f"--patch_size {args.patch_size} makes {hr_patch}x{hr_patch} HR patches, too "
+                         f"small for the {args.blur_kernel}x{args.blur_kernel} blur (the dasr "
+                         f"convention reflects {args.blur_kernel // 2} pixels at each border); use "
+                         f"--patch_size >= {args.blur_kernel // 2 // args.scale + 1}")
     if args.queue_size % args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
                          f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")

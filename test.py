@@ -27,7 +27,10 @@ def super_resolve_files(model, args, device) -> None:
     """Each image of --input (a file or a folder) -> OUTPUT/<stem>.png, s times larger, in its kind."""
     for source, target in output_pairs(args.input, args.output):
         rgb, alpha, gray = read_image_and_alpha(source)
-        sr = to_image(predict(model, to_tensor(rgb)[None].to(device), **inference_policy(args)))
+        try:
+            sr = to_image(predict(model, to_tensor(rgb)[None].to(device), **inference_policy(args)))
+        except ValueError as error:                 # e.g. smaller than CDSR's encoder reads
+            raise ValueError(f"{source}: {error}") from error
         write_png_like(target, sr, alpha, gray)
         kind = "grayscale" if gray else "RGBA" if alpha is not None else "RGB"
         print(f"{source} ({rgb.shape[1]}x{rgb.shape[0]} {kind}) -> {target} ({sr.shape[1]}x{sr.shape[0]})")

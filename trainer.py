@@ -109,6 +109,10 @@ class Trainer:
         self.group = group
         self.log = utility.get_logger()
         self.phases = build_phases(args)
+        if args.patch_size < model.min_input_size:
+            raise ValueError(f"--patch_size {args.patch_size} is too small for {model.name.upper()}: "
+                             f"its encoder needs LR patches of at least {model.min_input_size}x"
+                             f"{model.min_input_size}{model.min_input_reason}")
         self.precision = Precision(args.precision, device)
         self.data_parallel = self.parallel_devices(args.n_GPUs, device)
         self.train_set = build_train_set(args, full_check=group.local_rank == 0)
@@ -188,7 +192,7 @@ class Trainer:
             raise FileNotFoundError(f"cannot resume: {path} does not exist (run without --resume, "
                                     "or with --save_models to keep per-epoch checkpoints)")
         state = read_checkpoint(path)
-        load_weights(self.model, state)
+        load_weights(self.model, state, label=str(path))
         epoch, progress = state["epoch"], state.get("progress") or {}
         iteration = progress.get("iteration", 0)
         at = epoch + 1 if iteration else epoch           # the epoch the saved phase belongs to

@@ -39,16 +39,28 @@ def setup_logging(log_file: Union[str, Path, None] = None, *, quiet: bool = Fals
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-        handler.close()
+        try:
+            handler.close()
+        except OSError:                 # a log that could not be written (already reported)
+            pass
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler()]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(_LogFile(log_file))
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
     return logger
+
+
+class _LogFile(logging.FileHandler):
+    """A log file whose write errors stop the run (``logging`` would print them and go on)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        raise OSError(f"cannot write the log {self.baseFilename} "
+                      f"({getattr(error, 'strerror', None) or error})") from error
 
 
 class Timer:

@@ -178,11 +178,14 @@ class CsvTable:
     def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
         new = mode == "w" or not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, mode, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        try:
+            with open(self.path, mode, newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+        except OSError as error:                # a full disk's error does not name the file
+            raise OSError(f"cannot write {self.path} ({error.strerror or error})") from error
 
     def forget_after(self, epoch: int, iteration: int = 0) -> None:
         """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but

@@ -66,16 +66,24 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace`` onto path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = None
     try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as error:
+        if not isinstance(error, OSError) and "write failed" not in str(error):
+            raise                                # not a write failure: e.g. an unpicklable field
+        # torch.save reports a full disk as RuntimeError("... file write failed")
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        raise OSError(f"cannot write checkpoint {path} ({reason}); the previous file there, if "
+                      "any, is intact: free some space or fix the permissions, then --resume") from error
+    finally:
+        if temp is not None and Path(temp).exists():
+            Path(temp).unlink()
 
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
@@ -182,7 +190,7 @@ def load_state_strict(model: nn.Module, state: dict, *, extra_unexpected: Sequen
                  ("wrong shapes", wrong))
                 if keys]
     if problems:
-        raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{source} does not fit the model ({'; '.join(problems)})")
     model.load_state_dict(state, strict=True)
 
 
@@ -208,21 +216,29 @@ def checkpoint_identity(checkpoint: dict, label: str = "checkpoint") -> tuple[st
     return fmt, str(checkpoint["model_name"]).lower(), int(checkpoint["scale"])
 
 
-def load_weights(model: nn.Module, source: Source) -> str:
-    """Load weights into ``model`` (a ``BlindSRModel``) from a path or a loaded checkpoint.
+def load_weights(model: nn.Module, source: Source, label: Optional[str] = None) -> str:
+    """Load weights into ``model`` (a ``BlindSRModel``) from a path or a loaded checkpoint
+    (``label``: how messages name it, e.g. the path it was read from).
 
-    Detects our format or an authors' state dict, checks the model name and scale, maps the
-    keys, completes an authors' file's key encoder and queue, and loads strictly.
-    Returns the detected format, 'ours' or 'authors'.
+    Detects our format or an authors' state dict, checks the model name and scale and that
+    every weight is finite, maps the keys, completes an authors' file's key encoder and queue,
+    and loads strictly. Returns the detected format, 'ours' or 'authors'.
     """
-    return _load_opened(model, *_opened(source))
+    checkpoint, found_label = _opened(source)
+    return _load_opened(model, checkpoint, label or found_label)
 
 
 def _load_opened(model: nn.Module, checkpoint: dict, label: str) -> str:
     fmt, name, scale = checkpoint_identity(checkpoint, label)
     if (name, scale) != (model.name, int(model.scale)):
-        raise CheckpointError(f"checkpoint is for {describe(name, scale)} but the model is "
+        raise CheckpointError(f"{label} is for {describe(name, scale)} but the model is "
                               f"{describe(model.name, model.scale)}")
+    weights = checkpoint["model"] if fmt == "ours" else checkpoint
+    broken = [key for key, value in weights.items() if isinstance(value, torch.Tensor)
+              and value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(f"{label} holds non-finite weights ({listing(broken)}): the run "
+                              "that wrote it diverged; use an earlier checkpoint")
     if fmt == "ours":
         load_state_strict(model, checkpoint["model"], source=label)
         return fmt

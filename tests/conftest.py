@@ -4,6 +4,7 @@ The golden vectors and benchmark images live in ``../shared`` next to the checko
 clone may not have it: tests that need it skip with the reason. In CI (``CI=1``) a missing
 ``../shared`` is an error, so golden tests can never silently stop running there.
 """
+import logging
 import os
 import sys
 from pathlib import Path
@@ -41,3 +42,17 @@ def golden_dir() -> Path:
 def benchmark_dir() -> Path:
     """``../shared/datasets/benchmark``: Set5 and Set14 HR images, ``<Set>/x<s>/img_XXX.png``."""
     return _shared_folder("datasets/benchmark")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_logger():
+    """Entry points run in-process attach handlers to the 'cdsr' logger (a run's log file, a
+    captured stderr); drop them after each test so the next one does not write through them."""
+    yield
+    logger = logging.getLogger("cdsr")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        try:
+            handler.close()
+        except OSError:
+            pass
