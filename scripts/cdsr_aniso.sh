@@ -9,6 +9,7 @@
 set -euo pipefail
 DIR_DATA=${DIR_DATA:-/data/sr}          # <- the only thing to change
 PYTHON=${PYTHON:-python}
+TRAIN=${TRAIN:-$PYTHON}                 # e.g. TRAIN="torchrun --standalone --nproc_per_node 4"
 DATA_TEST=${DATA_TEST:-Set5+Set14+B100+Urban100}
 SCALE=${1:-4}
 NOISE=${2:-0}
@@ -18,7 +19,7 @@ SIG_MAX=$(awk -v s="$SCALE" 'BEGIN { print 2.5 * s }')
 SAVE=cdsr_aniso_x${SCALE}_noise${NOISE}
 
 cd "$(dirname "$0")/.."
-$PYTHON main.py --preset cdsr --model CDSR --dir_data "$DIR_DATA/DF2K/HR" --test_path "$DIR_DATA/benchmark" \
+$TRAIN main.py --preset cdsr --model CDSR --dir_data "$DIR_DATA/DF2K/HR" --test_path "$DIR_DATA/benchmark" \
     --scale "$SCALE" --blur_type aniso_gaussian --sig_min "$SIG_MIN" --sig_max "$SIG_MAX" --noise "$NOISE" \
     --save "$SAVE" "$@"
 # Noise 0 scores the noise-free settings; noise 15 (x4) scores the noise-15 ones.

@@ -9,11 +9,12 @@
 set -euo pipefail
 DIR_DATA=${DIR_DATA:-/data/sr}          # <- the only thing to change
 PYTHON=${PYTHON:-python}
+TRAIN=${TRAIN:-$PYTHON}                 # e.g. TRAIN="torchrun --standalone --nproc_per_node 4"
 DATA_TEST=${DATA_TEST:-Set5+Set14+B100+Urban100}
 SAVE=dasr_aniso_x4
 
 cd "$(dirname "$0")/.."
-$PYTHON main.py --preset dasr --model DASR --dir_data "$DIR_DATA" --data_train DF2K \
+$TRAIN main.py --preset dasr --model DASR --dir_data "$DIR_DATA" --data_train DF2K \
     --test_path "$DIR_DATA/benchmark" --scale 4 --blur_type aniso_gaussian --lambda_min 0.2 \
     --lambda_max 4.0 --noise 25 --save "$SAVE" "$@"
 $PYTHON test.py --pre_train "experiment/$SAVE/checkpoint/last.pt" --protocol dasr-aniso \

@@ -9,13 +9,14 @@
 set -euo pipefail
 DIR_DATA=${DIR_DATA:-/data/sr}          # <- the only thing to change
 PYTHON=${PYTHON:-python}
+TRAIN=${TRAIN:-$PYTHON}                 # e.g. TRAIN="torchrun --standalone --nproc_per_node 4"
 DATA_TEST=${DATA_TEST:-Set5+Set14+B100+Urban100}
 SCALE=${1:-4}
 shift $(( $# < 1 ? $# : 1 ))
 SAVE=dasr_iso_x${SCALE}
 
 cd "$(dirname "$0")/.."
-$PYTHON main.py --preset dasr --model DASR --dir_data "$DIR_DATA" --data_train DF2K \
+$TRAIN main.py --preset dasr --model DASR --dir_data "$DIR_DATA" --data_train DF2K \
     --test_path "$DIR_DATA/benchmark" --scale "$SCALE" --blur_type iso_gaussian --sig_min 0.2 \
     --sig_max "$SCALE".0 --noise 0 --save "$SAVE" "$@"
 $PYTHON test.py --pre_train "experiment/$SAVE/checkpoint/last.pt" --protocol dasr-iso \

@@ -4,6 +4,7 @@
 # writes its protocol table to experiment/<run>_test/results.md.
 #
 #   DIR_DATA=/data/sr scripts/paper_recipes.sh [extra main.py flags, e.g. --n_GPUs 2]
+#   DIR_DATA=/data/sr TRAIN="torchrun --standalone --nproc_per_node 4" scripts/paper_recipes.sh
 set -euo pipefail
 export DIR_DATA=${DIR_DATA:-/data/sr}   # <- the only thing to change
 here="$(dirname "$0")"
