@@ -31,3 +31,25 @@ def write_noise_images(folder: Path, sizes, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for i, (h, w) in enumerate(sizes):
         write_png(folder / f"img_{i:03d}.png", rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+
+
+def write_data_root(root: Path, train_sizes, test_sizes, seed: int = 0) -> Path:
+    """``root/DF2K/HR`` (training) and ``root/benchmark/Set5/HR`` (validation) noise images of
+    the given (height, width) sizes, where ``main.py --dir_data root`` finds them."""
+    write_noise_images(root / "DF2K" / "HR", train_sizes, seed=seed)
+    write_noise_images(root / "benchmark" / "Set5" / "HR", test_sizes, seed=seed + 1)
+    return root
+
+
+def tiny_trainer(args, run_dir: Path, **overrides):
+    """A Trainer of ``args`` on a tiny DASR (``TINY['dasr']`` with ``overrides``) on the CPU,
+    resumed when ``args.resume`` asks for it."""
+    from data import build_test_sets
+    from loss import build_loss
+    from trainer import Trainer
+
+    trainer = Trainer(args, tiny("dasr", 2, **overrides), build_loss(args.loss, args.c_weight),
+                      build_test_sets(args), torch.device("cpu"), run_dir)
+    if args.resume:
+        trainer.resume(args.resume)
+    return trainer

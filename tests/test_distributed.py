@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from data.sampler import GlobalBatchSampler
-from helpers import images, tiny, write_noise_images
+from helpers import images, tiny, write_data_root
 from loss import build_loss
 from model.checkpoint import read_checkpoint
 from model.parallel import GlobalBatchNorm2d
@@ -108,10 +108,7 @@ def test_global_batchnorm_over_two_processes_equals_batchnorm_of_the_whole_batch
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_noise_images(root / "DF2K" / "HR", [(40, 44)] * 3, seed=1)
-    write_noise_images(root / "benchmark" / "Set5" / "HR", [(32, 32)], seed=2)
-    return root
+    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 44)] * 3, [(32, 32)], seed=1)
 
 
 def free_port() -> int:

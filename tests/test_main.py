@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from data.images import read_image
-from helpers import write_noise_images
+from helpers import write_data_root
 from model.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,10 +19,7 @@ def run(script, *argv, cwd):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_noise_images(root / "DF2K" / "HR", [(40, 40)] * 2, seed=1)
-    write_noise_images(root / "benchmark" / "Set5" / "HR", [(32, 32)], seed=2)
-    return root
+    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 40)] * 2, [(32, 32)], seed=1)
 
 
 @pytest.mark.parametrize("model", ["CDSR", "DASR"])

@@ -12,12 +12,8 @@ import torch
 
 import option
 import utility
-from data import build_test_sets
-from helpers import write_noise_images
-from loss import build_loss
-from model import build_model
+from helpers import tiny_trainer, write_data_root
 from model.checkpoint import read_checkpoint
-from trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DASR = dict(n_feats=8, n_groups=1, n_blocks=1, embed_dim=16, queue_size=8)
@@ -26,10 +22,7 @@ ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_noise_images(root / "DF2K" / "HR", [(40, 44)] * 3, seed=0)
-    write_noise_images(root / "benchmark" / "Set5" / "HR", [(32, 36)] * 2, seed=1)
-    return root
+    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 44)] * 3, [(32, 36)] * 2)
 
 
 def make_args(data_root, save, *extra):
@@ -40,13 +33,7 @@ def make_args(data_root, save, *extra):
 
 
 def trainer_for(args, run_dir):
-    torch.manual_seed(0)
-    model = build_model("dasr", scale=2, **TINY_DASR)
-    trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), build_test_sets(args),
-                      torch.device("cpu"), run_dir)
-    if args.resume:
-        trainer.resume(args.resume)
-    return trainer
+    return tiny_trainer(args, run_dir, **TINY_DASR)
 
 
 class SignalAfter:

@@ -4,11 +4,9 @@ import pytest
 import torch
 
 import option
-from data import build_test_sets
-from loss import build_loss
 from model.checkpoint import read_checkpoint
-from helpers import TINY, tiny, write_noise_images
-from trainer import Trainer, build_phases
+from helpers import TINY, tiny, tiny_trainer, write_noise_images
+from trainer import build_phases
 
 TINY_DASR = dict(TINY["dasr"], n_feats=8, queue_size=8)
 
@@ -29,11 +27,7 @@ def make_args(data_root, save, *extra):
 
 
 def run(args, run_dir):
-    model = tiny("dasr", 2, **TINY_DASR)
-    trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), build_test_sets(args),
-                      torch.device("cpu"), run_dir)
-    if args.resume:
-        trainer.resume(args.resume)
+    trainer = tiny_trainer(args, run_dir, **TINY_DASR)
     return trainer, trainer.fit()
 
 
