@@ -41,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from model.precision import PRECISIONS  # here, so that importing option stays light
+    from model.variants import ABLATIONS
 
     p = _Parser(
         description="Train and evaluate CDSR / DASR blind super-resolution.",
@@ -109,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spatially variant training blur (0 = off; modes 1-5 exist for test sets)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="CDSR", help="network: CDSR or DASR (case-insensitive)")
+    g.add_argument("--model", default="CDSR",
+                   help="network (case-insensitive): CDSR, DASR or a CDSR ablation cdsr-ABLATION "
+                        "(see --ablation)")
+    g.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
+                   help="with --model CDSR: train the ablation cdsr-ABLATION instead (the same "
+                        "as --model cdsr-ABLATION; README, 'Ablations', says what each removes)")
     g.add_argument("--pre_train", default=None, help="weights to start from (ours or the authors')")
     g.add_argument("--queue_size", type=int, default=8192, help="MoCo queue length (negatives)")
 
@@ -205,7 +211,8 @@ def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]
     known, _ = parser.parse_known_args(argv)
     preset = known.preset
     if preset is None:
-        preset = "demo" if known.dir_data is None else (known.model or "cdsr").lower()
+        from model.variants import family  # a CDSR variant trains with CDSR's recipe
+        preset = "demo" if known.dir_data is None else family(known.model or "cdsr")
     parser.set_defaults(preset=preset, **PRESETS.get(preset, {}))
     if test:  # the checkpoint says which model and scale it is
         parser.set_defaults(model=None, scale=None)
@@ -244,6 +251,9 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     if args.n_threads < 0:
         raise ValueError(f"--n_threads must be >= 0, got {args.n_threads}")
+    if args.ablation and args.model is not None and args.model.lower() != "cdsr":
+        raise ValueError(f"--ablation {args.ablation} removes a part of CDSR; it needs --model "
+                         f"CDSR, got --model {args.model}")
     if args.queue_size % args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
                          f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")
@@ -258,6 +268,9 @@ def check_world_size(args: argparse.Namespace, world_size: int) -> None:
 
 def validate_test(args: argparse.Namespace) -> None:
     """ValueError for test.py options that are out of range or contradict each other."""
+    if args.ablation:
+        raise ValueError("--ablation chooses the network to train; test.py reads the variant "
+                         f"from the checkpoint (check it with --model cdsr-{args.ablation})")
     if args.input and not args.output:
         raise ValueError("--input needs --output, the folder for the SR images")
     if args.input and args.protocol:

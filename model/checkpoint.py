@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import model_names
 from .dasr import DIV2K_RGB_MEAN, div2k_mean_255
 
 FORMAT = "cdsr-framework/1"
@@ -365,7 +366,10 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
         raise ValueError(f"save_checkpoint: unknown field(s) {unknown}, missing {missing}; "
                          f"fields are {', '.join(OUR_FIELDS)}")
     record = {"format": FORMAT, **{f: fields.get(f) for f in OUR_FIELDS}}
-    record["model_name"] = _model_name(record["model_name"])
+    record["model_name"] = str(record["model_name"]).lower()
+    if record["model_name"] not in model_names():
+        raise ValueError(f"unknown model {fields['model_name']!r}; choose one of: "
+                         f"{', '.join(model_names())}")
     record["scale"] = int(record["scale"])
     for field in ("config", "phase", "epoch", "model_kwargs"):
         _check_plain(record[field], field)
