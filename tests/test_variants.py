@@ -5,7 +5,10 @@ The generic contract (forward shapes, every trainable parameter gets a gradient,
 forward's dict, checkpoint round trip) runs for every variant in test_models.py and
 test_checkpoint.py, through ``TINY``."""
 import argparse
+import csv
 import importlib.util
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,60 @@ def test_make_model_reads_the_ablation():
     args = argparse.Namespace(model="CDSR", ablation="no-pixel", scale=2, queue_size=8)
     net = model.make_model(args)
     assert net.name == "cdsr-no-pixel" and net.encoder.queue.shape == (256, 8)
+
+
+# ------------------------------------------------------------------ the ablation tooling
+def test_ablation_script_trains_and_scores_every_model_on_one_recipe():
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": "echo", "MODELS": "cdsr cdsr-no-patch dasr",
+           "TEST_PATH": "/b", "TEST_FLAGS": "--sig 1.8"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "ablation.sh"), "--cpu"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stdout.strip().splitlines()]
+    assert [line[0] for line in lines] == ["main.py", "test.py", "test.py"] * 3 + [
+        "scripts/ablation_table.py"]
+    trained = [option.parse_args(line[1:]) for line in lines[0:9:3]]
+    assert [a.model for a in trained] == ["cdsr", "cdsr-no-patch", "dasr"]
+    assert {a.preset for a in trained} == {"demo"} and all(a.cpu for a in trained)
+    assert len({(a.epochs_encoder, a.epochs_sr, a.lr_sr, a.batch_size) for a in trained}) == 1
+    for i, args in enumerate(trained):
+        photos, sets = (option.parse_args(line[1:], test=True) for line in lines[3 * i + 1:3 * i + 3])
+        assert photos.pre_train == sets.pre_train == f"experiment/{args.save}/checkpoint/last.pt"
+        assert photos.test_path is None and sets.test_path == "/b" and sets.data_test == "Set5+Set14"
+        assert photos.sig == sets.sig == 1.8
+    assert lines[-1][-2:] == ["--out", "experiment/ablation"] and len(lines[-1]) == 1 + 6 + 2
+
+
+def test_ablation_table_gathers_test_py_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    entry = importlib.util.module_from_spec(
+        spec := importlib.util.spec_from_file_location("test_py_main", ROOT / "test.py"))
+    spec.loader.exec_module(entry)
+    runs = []
+    for name in ("cdsr-no-csc", "dasr"):
+        net = tiny(name, seed=1)
+        save_checkpoint(tmp_path / f"{name}.pt", model_name=name, scale=2,
+                        model=net.state_dict(), model_kwargs=net.hparams)
+        entry.main(["--pre_train", str(tmp_path / f"{name}.pt"), "--save", f"{name}_photos", "--cpu"])
+        runs.append(f"experiment/{name}_photos")
+    from scripts import ablation_table
+    ablation_table.main([*runs, "--out", "experiment/table"])
+    table = json.loads((tmp_path / "experiment/table/ablation.json").read_text())["results"]
+    assert set(table) == {"cdsr-no-csc", "dasr", "bicubic"} and set(table["dasr"]) == {"photos"}
+    single = json.loads((tmp_path / "experiment/dasr_photos/results.json").read_text())["results"]
+    assert table["dasr"]["photos"]["psnr"] == next(iter(single.values()))["photos"]["psnr"]
+    markdown = (tmp_path / "experiment/table/ablation.md").read_text().splitlines()
+    assert markdown[2].startswith("| model | photos |") and markdown[-1].startswith("| bicubic |")
+    with open(tmp_path / "experiment/table/ablation.csv") as f:
+        assert len(list(csv.reader(f))) == 1 + 3
+
+
+def test_complexity_counts_macs_and_inference_parameters():
+    from scripts.model_complexity import count_macs, inference_parameters
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(lambda: conv(torch.zeros(1, 3, 10, 10))) == 8 * 3 * 9 * 100
+    net = tiny("cdsr-no-pixel")
+    counts = inference_parameters(net)
+    query = sum(p.numel() for p in net.encoder.query_encoder.parameters())
+    assert counts["encoder"] == query and counts["total"] == sum(
+        p.numel() for p in net.parameters()) - query               # the key encoder is left out
