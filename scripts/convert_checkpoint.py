@@ -22,6 +22,8 @@ from model.checkpoint import (CheckpointError, atomic_torch_save, describe,  # n
                               detect_format, infer_authors_model, load_weights, ours_to_authors,
                               read_checkpoint, save_checkpoint)
 
+AUTHORS_MODELS = ("cdsr", "dasr")  # the models the authors' code (and so their format) has
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -63,6 +65,9 @@ def convert(args: argparse.Namespace) -> str:
             raise CheckpointError(f"{args.source} lacks field(s) {', '.join(absent)}")
         name, scale = str(checkpoint["model_name"]), int(checkpoint["scale"])
         _check_expected(name, scale, args)
+        if name.lower() not in AUTHORS_MODELS:
+            raise CheckpointError(f"{describe(name, scale)} has no authors' format: their code "
+                                  "has CDSR and DASR only (a CDSR ablation exists only here)")
         atomic_torch_save(ours_to_authors(checkpoint["model"], name), args.target)
     return f"{args.source} ({fmt}, {describe(name, scale)}) -> {args.target} ({args.to})"
 

@@ -159,10 +159,18 @@ def test_checkpoint_rebuilds_the_exact_variant(tmp_path, name):
         load_weights(tiny("cdsr"), stored)
 
 
-def test_authors_format_is_refused_for_a_variant():
+def test_authors_format_is_refused_for_a_variant(tmp_path, capsys):
     from model.checkpoint import ours_to_authors
+    from scripts import convert_checkpoint
     with pytest.raises(ValueError, match="unknown model 'cdsr-no-csc'; choose one of: cdsr, dasr"):
         ours_to_authors(tiny("cdsr-no-csc").state_dict(), "cdsr-no-csc")
+    net = tiny("cdsr-no-csc")
+    save_checkpoint(tmp_path / "ours.pt", model_name=net.name, scale=2, model=net.state_dict(),
+                    model_kwargs=net.hparams)
+    status = convert_checkpoint.main([str(tmp_path / "ours.pt"), str(tmp_path / "theirs.pt"),
+                                      "--to", "authors"])
+    assert status == 1 and not (tmp_path / "theirs.pt").exists()
+    assert "CDSR-NO-CSC x2 has no authors' format" in capsys.readouterr().err
 
 
 @torch.no_grad()
