@@ -36,7 +36,7 @@ def gather(run_dirs: List[Path]) -> tuple[Cells, Dict[str, str]]:
         row = report["model"]
         checkpoints.setdefault(row, report["checkpoint"])
         settings = list(report["results"].values())                     # [{dataset: metrics}]
-        for dataset in settings[0]:
+        for dataset in _in_command_order(settings[0], report.get("options") or {}):
             for prefix, target in (("", row), ("bicubic_", BICUBIC)):
                 if target == BICUBIC and dataset in cells.get(BICUBIC, {}):
                     continue
@@ -46,6 +46,12 @@ def gather(run_dirs: List[Path]) -> tuple[Cells, Dict[str, str]]:
     if BICUBIC in cells:                                               # last row
         cells[BICUBIC] = cells.pop(BICUBIC)
     return cells, checkpoints
+
+
+def _in_command_order(datasets: Dict[str, object], options: Dict[str, object]) -> List[str]:
+    """The datasets in --data_test order (results.json stores its keys sorted), others after."""
+    wanted = str(options.get("data_test") or "").split("+")
+    return [d for d in wanted if d in datasets] + [d for d in datasets if d not in wanted]
 
 
 def datasets_of(cells: Cells) -> List[str]:

@@ -12,7 +12,7 @@ from data.images import write_png
 from helpers import TINY
 from model.checkpoint import ours_to_authors, save_checkpoint
 from scripts import analyze_embedding
-from scripts.embedding.analysis import analyse
+from scripts.embedding.analysis import analyse, table, write_outputs
 from scripts.embedding.grid import Kernel, default_kernels, degrade_grid, grid_degradations
 from scripts.embedding.stats import codebook_usage, pca_2d, probe_accuracy, variance_shares
 
@@ -32,7 +32,8 @@ def test_variance_shares_of_additive_effects_are_exact():
     product = variance_shares(torch.randn(4, 1, 2, generator=g) * torch.randn(1, 6, 2, generator=g))
     assert product["interaction"] > 0.2                   # what neither factor explains alone
     assert sum(product[k] for k in ("image", "degradation", "interaction")) == pytest.approx(1)
-    assert math.isnan(variance_shares(torch.ones(3, 3, 2))["image"])
+    constant = variance_shares(torch.ones(3, 3, 2))
+    assert constant["image"] is None and constant["total_variance"] == 0
     with pytest.raises(ValueError, match="images >= 2, degradations >= 2"):
         variance_shares(torch.ones(1, 3, 2))
 
@@ -177,7 +178,7 @@ def test_script_on_our_checkpoint_writes_json_figures_and_a_table(tmp_path, hr_d
         assert len(summary["codebook"]["mass"]) == TINY["cdsr"]["codebook_size"]
         assert sum(summary["codebook"]["mass"]) == pytest.approx(1)
     printed = capsys.readouterr().out
-    assert "variance explained by the degradation" in printed and "linear probe: kernel" in printed
+    assert "share explained by the degradation" in printed and "linear probe: kernel" in printed
     untrained = run_script(checkpoint, tmp_path / "fresh", hr_dir, "--untrained", "--seed", "5")
     assert untrained["weights"].startswith("untrained")
     assert untrained["variance"] != summary["variance"]
@@ -192,3 +193,17 @@ def test_script_on_an_authors_checkpoint(tmp_path, hr_dir):
     assert summary["model"] == "dasr" and summary["weights"] == "authors checkpoint"
     assert summary["grid"]["scale"] == 4 and summary["grid"]["convention"] == "dasr"
     assert summary["grid"]["embedding_dim"] == 256 and "codebook" not in summary
+
+
+def test_a_constant_embedding_is_reported_as_carrying_nothing(tmp_path):
+    """What a collapsed codebook gives: every pair embeds to the same vector."""
+    images = same_structure_images(3, 32)
+    degradations = grid_degradations(default_kernels(2)[:3], [0.0])
+    result = analyse(lambda lr: torch.ones(len(lr), 4), images, degradations, convention="dasr",
+                     scale=2, n_folds=3)
+    assert result.summary["variance"]["degradation"] is None
+    assert result.summary["probes"]["kernel"]["accuracy"] == pytest.approx(1 / 3)
+    assert "constant over the grid" in table(result.summary)
+    write_outputs(result, tmp_path, "constant")
+    text = (tmp_path / "embedding.json").read_text()
+    assert "NaN" not in text and json.loads(text)["pca_explained"] == [None, None]

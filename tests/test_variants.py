@@ -289,3 +289,10 @@ def test_complexity_counts_macs_and_inference_parameters():
     query = sum(p.numel() for p in net.encoder.query_encoder.parameters())
     assert counts["encoder"] == query and counts["total"] == sum(
         p.numel() for p in net.parameters()) - query               # the key encoder is left out
+
+
+def test_ablation_table_columns_follow_the_data_test_order():
+    from scripts.ablation_table import _in_command_order
+    assert _in_command_order({"Set14": 0, "Set5": 0, "B100": 0}, {"data_test": "Set5+Set14"}) == [
+        "Set5", "Set14", "B100"]
+    assert _in_command_order({"photos": 0}, {"data_test": "Set5"}) == ["photos"]

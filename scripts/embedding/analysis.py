@@ -80,9 +80,14 @@ def analyse(embed: Embed, images: Dict[str, Tensor], degradations: Sequence[Grid
 def table(summary: Dict[str, object]) -> str:
     """The headline numbers as a short plain-text table."""
     v, p = summary["variance"], summary["probes"]
-    lines = [f"{'embedding variance explained by the degradation':<52}{v['degradation']:>8.1%}",
-             f"{'                            by the image':<52}{v['image']:>8.1%}",
-             f"{'                            by their interaction':<52}{v['interaction']:>8.1%}"]
+    lines = [f"{'embedding variance (mean sq. distance to the mean)':<52}"
+             f"{v['total_variance']:>8.3g}"]
+    if v["degradation"] is None:
+        lines.append("the embedding is constant over the grid: it carries no information")
+    else:
+        lines += [f"{'share explained by the degradation':<52}{v['degradation']:>8.1%}",
+                  f"{'                  by the image':<52}{v['image']:>8.1%}",
+                  f"{'                  by their interaction':<52}{v['interaction']:>8.1%}"]
     for what, held_out in (("kernel", "unseen images"), ("image", "unseen degradations")):
         probe = p[what]
         lines.append(f"{f'linear probe: {what} class on {held_out}':<52}{probe['accuracy']:>8.1%}"
@@ -103,14 +108,15 @@ def write_outputs(analysis: Analysis, out_dir: Path, title: str) -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = analysis.summary
     points = analysis.pca
-    axes = [f"PC{i + 1} ({share:.0%} of the variance)"
+    axes = [f"PC{i + 1}" + (f" ({share:.0%} of the variance)" if share is not None else "")
             for i, share in enumerate(summary["pca_explained"])]
     n_images, n_degradations = analysis.embeddings.shape[:2]
     degradations = analysis.degradations
     kernels = summary["grid"]["kernels"]
     noises = summary["grid"]["noise_levels"]
     v = summary["variance"]
-    heading = (f"{title}: degradation {v['degradation']:.0%}, image {v['image']:.0%}, "
+    heading = (f"{title}: constant embedding" if v["degradation"] is None else
+               f"{title}: degradation {v['degradation']:.0%}, image {v['image']:.0%}, "
                f"interaction {v['interaction']:.0%} of the variance")
     written = [out_dir / "embedding.json", out_dir / "embedding_by_degradation.png",
                out_dir / "embedding_by_image.png"]

@@ -5,7 +5,7 @@ is balanced: every image is seen under every degradation, ``embeddings`` (I, G, 
 G degradations and E embedding dimensions.
 """
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -20,8 +20,8 @@ def variance_shares(embeddings: Tensor) -> Dict[str, float]:
     ``sum ||y - m||^2 = G sum_i ||a_i||^2 + I sum_g ||b_g||^2 + sum ||y - m - a_i - b_g||^2``
     exactly. Returns the three parts as shares of the total (they sum to 1): ``degradation``,
     ``image`` and ``interaction`` (what neither explains alone: how the degradation's effect
-    depends on the image), and ``total_variance`` (mean squared distance to m). Shares are NaN
-    for a constant embedding.
+    depends on the image), and ``total_variance`` (mean squared distance to m). Shares are None
+    for an embedding that is constant over the grid (nothing to share out).
     """
     if embeddings.dim() != 3 or min(embeddings.shape[:2]) < 2:
         raise ValueError(f"embeddings must be (images >= 2, degradations >= 2, E), got "
@@ -36,7 +36,7 @@ def variance_shares(embeddings: Tensor) -> Dict[str, float]:
     parts = {"degradation": n_images * (degradation_effect ** 2).sum(),
              "image": n_degradations * (image_effect ** 2).sum(),
              "interaction": (residual ** 2).sum()}
-    shares = {k: float(v / total) if total > 0 else math.nan for k, v in parts.items()}
+    shares = {k: float(v / total) if total > 0 else None for k, v in parts.items()}
     shares["total_variance"] = float(total / (n_images * n_degradations))
     return shares
 
@@ -129,14 +129,14 @@ def codebook_usage(attention: Tensor, mass_share: float = 0.9) -> Dict[str, obje
             "sample_entropy": float(entropy(a).mean()), "mass": mass.tolist()}
 
 
-def pca_2d(features: Tensor) -> tuple[Tensor, List[float]]:
+def pca_2d(features: Tensor) -> tuple[Tensor, List[Optional[float]]]:
     """features (N,E) -> (coordinates (N,2) on the two leading principal axes of the centred
-    features, [share of the total variance each axis explains])."""
+    features, [share of the total variance each axis explains], None for constant features)."""
     x = features.double() - features.double().mean(dim=0)
     _, singular, vh = torch.linalg.svd(x, full_matrices=False)
     coordinates = x @ vh[:2].T
     total = float((singular ** 2).sum())
-    explained = [float(s ** 2) / total if total > 0 else math.nan for s in singular[:2]]
+    explained = [float(s ** 2) / total if total > 0 else None for s in singular[:2]]
     if coordinates.shape[1] < 2:            # a one-dimensional embedding
         coordinates = torch.cat([coordinates, torch.zeros_like(coordinates)], dim=1)
         explained.append(0.0)
