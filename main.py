@@ -74,7 +74,7 @@ def main(argv=None) -> None:
             lock.acquire()
             start_run_folder(args, trainer, device, group.world_size)
         init_process_group(group, device)
-        log.info(f"{args.model} x{args.scale} on {device} (preset {args.preset})"
+        log.info(f"{model.name.upper()} x{model.scale} on {device} (preset {args.preset})"
                  + (f" x {group.world_size} processes" if group.distributed else "")
                  + f", run folder {run_dir}")
         with utility.StopSignals() as stop:

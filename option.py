@@ -49,6 +49,7 @@ class _AcceptedOnly(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     from model.precision import PRECISIONS  # here, so that importing option stays light
+    from model.variants import ABLATIONS
 
     p = ArgumentParser(
         description="Train CDSR / DASR blind super-resolution (score checkpoints with test.py).",
@@ -105,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "modes 1-6: scripts/make_testsets.py --sv_modes")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="CDSR", help="network: CDSR or DASR (case-insensitive)")
+    g.add_argument("--model", default="CDSR",
+                   help="network (case-insensitive): CDSR, DASR or a CDSR ablation cdsr-ABLATION "
+                        "(see --ablation)")
+    g.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
+                   help="with --model CDSR: train the ablation cdsr-ABLATION instead (the same "
+                        "as --model cdsr-ABLATION; README, 'Ablations', says what each removes)")
     g.add_argument("--pre_train", default=None, help="weights to start from (ours or the authors')")
     g.add_argument("--queue_size", type=int, default=8192, help="MoCo queue length (negatives)")
 
@@ -244,7 +250,8 @@ def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]
     known, _ = parser.parse_known_args(argv)
     preset = known.preset
     if preset is None:
-        preset = "demo" if known.dir_data is None else (known.model or "cdsr").lower()
+        from model.variants import family  # a CDSR variant trains with CDSR's recipe
+        preset = "demo" if known.dir_data is None else family(known.model or "cdsr")
     parser.set_defaults(preset=preset, **PRESETS.get(preset, {}))
     return parser.parse_args(argv)
 
@@ -282,6 +289,9 @@ def validate(args: argparse.Namespace) -> None:
                          f"small for the {args.blur_kernel}x{args.blur_kernel} blur (the dasr "
                          f"convention reflects {args.blur_kernel // 2} pixels at each border); use "
                          f"--patch_size >= {args.blur_kernel // 2 // args.scale + 1}")
+    if args.ablation and args.model is not None and args.model.lower() != "cdsr":
+        raise ValueError(f"--ablation {args.ablation} removes a part of CDSR; it needs --model "
+                         f"CDSR, got --model {args.model}")
     if args.queue_size % args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
                          f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")

@@ -1,9 +1,11 @@
 """CDSR (Zhou et al., ACM MM 2022): LPE/CSC encoder + DQA-fused RRDB-SFT generator.
 
 The networks work on [0,1] images: ``CDSR`` divides its 0..255 input by 255 and multiplies the
-generator's output by 255 (not clamped).
+generator's output by 255 (not clamped). Its switches build the ablations of
+``model/variants.py`` (``cdsr-no-patch`` and so on); the defaults are the paper's network.
 """
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +13,12 @@ from torch import nn
 
 from .blocks import (LEAKY_SLOPE, MLP, ChannelGate, DegradationAwareBlock, DynamicDepthwiseConv,
                      check_image_batch, conv3x3)
+from .dasr import DAConv, DASREncoder
 from .inference import iter_tiles, tile_centre, tiled_apply
 from .lpe import PATCH_SIZE, LPEEncoder
 from .base import BlindSRModel
 from .moco import MoCo
+from .variants import variant_name
 
 DENSE_SLOPE = 0.2      # LeakyReLU slope inside the residual dense blocks
 RESIDUAL_SCALE = 0.2   # ESRGAN-style residual scaling of dense blocks and RRDB blocks
@@ -73,6 +77,40 @@ class DQA(nn.Module):
         return self.dynamic_conv.kernel_size // 2
 
 
+class DAFusion(DAConv):
+    """The ``cdsr-no-dqa`` ablation's fusion layer: DQA without its attention.
+
+    x (B,C,H,W), degradation (B,C) -> (B,C,H,W): the degradation vector itself predicts the
+    per-sample depthwise kernel (DASR's DA conv), with DQA's channel-gate reduction (2) so that
+    only the attention with the image statistics is removed. Called like ``DQA``.
+    """
+
+    def __init__(self, channels: int = 64, kernel_size: int = 3, reduction: int = 2):
+        super().__init__(channels, kernel_size, reduction)
+
+    def forward_with_mean(self, x: torch.Tensor, degradation: torch.Tensor,
+                          image_mean: torch.Tensor) -> torch.Tensor:
+        """Same as ``forward``: a DA conv reads no image statistics (the mean is ignored)."""
+        return self.forward(x, degradation)
+
+    @property
+    def radius(self) -> int:
+        """Context (pixels) an output pixel reads on each side."""
+        return self.dynamic_conv.kernel_size // 2
+
+
+# Fusion layers of the trunk: name -> constructor(channels) of a module called as
+# ``layer(x, degradation)`` and ``layer.forward_with_mean(x, degradation, image_mean)``.
+FUSIONS: dict[str, Callable[[int], nn.Module]] = {"dqa": DQA, "da": DAFusion}
+
+
+def fusion_layer(fusion: str) -> Callable[[int], nn.Module]:
+    """The fusion constructor registered as ``fusion``; ValueError listing the valid names."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; choose one of: {', '.join(sorted(FUSIONS))}")
+    return FUSIONS[fusion]
+
+
 class ResidualDenseBlock(nn.Module):
     """Five densely connected 3x3 convs (growth ``growth``), LeakyReLU(0.2) after the first
     four; returns x + 0.2 * conv5(...). (B,C,H,W) -> (B,C,H,W).
@@ -122,14 +160,15 @@ class RRDBSFTBlock(nn.Module):
     """One trunk block: x (B,C,H,W), degradation map (B,D) -> (B,C,H,W).
 
     ``condition`` turns the degradation map into a per-channel vector in (0,1) (B,C);
-    ``dqa_block`` fuses it into the features; three dense blocks follow; the result is scaled
-    by 0.2 and added to x.
+    ``dqa_block`` fuses it into the features (with DQA layers, or ``fusion='da'``: DA convs);
+    three dense blocks follow; the result is scaled by 0.2 and added to x.
     """
 
-    def __init__(self, channels: int = 64, growth: int = 32, embed_dim: int = 256):
+    def __init__(self, channels: int = 64, growth: int = 32, embed_dim: int = 256,
+                 fusion: str = "dqa"):
         super().__init__()
         self.condition = MLP(embed_dim, embed_dim, channels, activation=nn.PReLU())
-        self.dqa_block = DegradationAwareBlock(channels, partial(DQA, channels))
+        self.dqa_block = DegradationAwareBlock(channels, partial(fusion_layer(fusion), channels))
         self.dense_blocks = nn.Sequential(*(ResidualDenseBlock(channels, growth) for _ in range(3)))
 
     def forward(self, x: torch.Tensor, degradation_map: torch.Tensor) -> torch.Tensor:
@@ -174,18 +213,19 @@ class RRDBSFTBlock(nn.Module):
 class CDSRGenerator(nn.Module):
     """RRDB-SFT generator: x (B,3,h,w) in [0,1], embedding (B,D) -> (B,3,s*h,s*w) (unclamped).
 
-    embedding_mlp (4 x Linear+PReLU) -> degradation map; first_conv; ``n_blocks`` RRDBSFTBlocks;
-    body_conv + long skip; a single conv to 3*s^2 channels and PixelShuffle(s).
+    embedding_mlp (4 x Linear+PReLU) -> degradation map; first_conv; ``n_blocks`` RRDBSFTBlocks
+    (fusion layers: ``fusion``, see ``FUSIONS``); body_conv + long skip; a single conv to 3*s^2
+    channels and PixelShuffle(s).
     """
 
     def __init__(self, scale: int = 4, n_feats: int = 64, n_blocks: int = 10, growth: int = 32,
-                 embed_dim: int = 256):
+                 embed_dim: int = 256, fusion: str = "dqa"):
         super().__init__()
         if scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
         self.embedding_mlp = nn.Sequential(*(LinearPReLU(embed_dim) for _ in range(4)))
         self.first_conv = conv3x3(3, n_feats)
-        self.blocks = nn.ModuleList(RRDBSFTBlock(n_feats, growth, embed_dim)
+        self.blocks = nn.ModuleList(RRDBSFTBlock(n_feats, growth, embed_dim, fusion)
                                     for _ in range(n_blocks))
         self.body_conv = conv3x3(n_feats, n_feats)
         self.upsampler = PixelShuffleHead(n_feats, scale)
@@ -224,11 +264,33 @@ def _conv_radius(conv: nn.Conv2d) -> int:
     return conv.dilation[0] * (conv.kernel_size[0] // 2)
 
 
+def encoder_factory(encoder: str, *, embed_dim: int, codebook_size: int, pixel_branch: bool,
+                    patch_branch: bool, codebook: bool) -> Callable[[], nn.Module]:
+    """What MoCo builds twice: 'lpe' (CDSR's encoder with the given branches and codebook) or
+    'dasr' (DASR's six-conv encoder, which has neither: its switches must stay at True, True
+    and False). ValueError for anything else."""
+    if encoder == "lpe":
+        return partial(LPEEncoder, embed_dim=embed_dim, codebook_size=codebook_size,
+                       pixel_branch=pixel_branch, patch_branch=patch_branch, codebook=codebook)
+    if encoder == "dasr":
+        if not (pixel_branch and patch_branch) or codebook:
+            raise ValueError("encoder='dasr' has no LPE branches and no CSC codebook: keep "
+                             "pixel_branch=True, patch_branch=True and set codebook=False")
+        return partial(DASREncoder, embed_dim=embed_dim)
+    raise ValueError(f"unknown encoder {encoder!r}; choose one of: dasr, lpe")
+
+
 class CDSR(BlindSRModel):
     """CDSR: MoCo(LPE encoder + CSC codebook) and the DQA-fused RRDB-SFT generator.
 
     Takes LR (B,3,h,w) in 0..255 with h, w >= 12 (the patch branch's patch size) and returns SR
     (B,3,s*h,s*w) in 0..255 units, not clamped. Defaults are the paper's.
+
+    The keyword-only switches build the registered ablations (``model/variants.py``):
+    ``pixel_branch``/``patch_branch``/``codebook`` switch off parts of the LPE encoder,
+    ``fusion='da'`` replaces DQA by DA convs, ``encoder='dasr'`` uses DASR's encoder (in [0,1],
+    like LPE). ``name`` is the variant's registry name; combinations that are not registered
+    are refused. The encoder reads any h, w >= 1 without the patch branch.
     """
 
     name = "cdsr"
@@ -237,13 +299,23 @@ class CDSR(BlindSRModel):
 
     def __init__(self, scale: int = 4, n_feats: int = 64, n_blocks: int = 10, growth: int = 32,
                  embed_dim: int = 256, codebook_size: int = 1024, queue_size: int = 8192,
-                 momentum: float = 0.999, temperature: float = 0.07):
-        encoder = MoCo(partial(LPEEncoder, embed_dim=embed_dim, codebook_size=codebook_size),
-                       dim=embed_dim, queue_size=queue_size, momentum=momentum,
-                       temperature=temperature)
+                 momentum: float = 0.999, temperature: float = 0.07, *,
+                 pixel_branch: bool = True, patch_branch: bool = True, codebook: bool = True,
+                 fusion: str = "dqa", encoder: str = "lpe"):
+        make_encoder = encoder_factory(encoder, embed_dim=embed_dim, codebook_size=codebook_size,
+                                       pixel_branch=pixel_branch, patch_branch=patch_branch,
+                                       codebook=codebook)
+        fusion_layer(fusion)
+        name = variant_name(dict(pixel_branch=pixel_branch, patch_branch=patch_branch,
+                                 codebook=codebook, fusion=fusion, encoder=encoder))
+        moco = MoCo(make_encoder, dim=embed_dim, queue_size=queue_size, momentum=momentum,
+                    temperature=temperature)
         generator = CDSRGenerator(scale=scale, n_feats=n_feats, n_blocks=n_blocks, growth=growth,
-                                  embed_dim=embed_dim)
-        super().__init__(scale=scale, encoder=encoder, generator=generator)
+                                  embed_dim=embed_dim, fusion=fusion)
+        super().__init__(scale=scale, encoder=moco, generator=generator)
+        self.name = name
+        if encoder != "lpe" or not patch_branch:
+            self.min_input_size, self.min_input_reason = 1, ""
 
     def to_network_range(self, lr: torch.Tensor) -> torch.Tensor:
         return lr / 255.0

@@ -71,11 +71,14 @@ class DegradationCodebook(nn.Module):
         self.query_proj = nn.Linear(dim, dim)
         self.key_proj = nn.Linear(dim, dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def attention(self, features: torch.Tensor) -> torch.Tensor:
+        """f (B,D) -> (B,N) softmax weights over the entries (rows sum to 1)."""
         query = self.query_proj(features)                                # (B,D)
         keys = self.key_proj(self.entries)                               # (N,D)
-        weights = torch.softmax(query @ keys.T, dim=1)                   # (B,N)
-        return weights @ self.entries                                    # (B,D)
+        return torch.softmax(query @ keys.T, dim=1)                      # (B,N)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.attention(features) @ self.entries                   # (B,D)
 
 
 class LPEEncoder(nn.Module):
@@ -83,17 +86,32 @@ class LPEEncoder(nn.Module):
 
     embedding = codebook(fusion(cat[pixel_branch(x), patch_branch(x)])), fed to the generator;
     projection = head(embedding), the contrastive head (MoCo L2-normalises it).
+
+    Ablations (``model/variants.py``): ``pixel_branch``/``patch_branch`` False drops that branch
+    (the fusion MLP then reads D features instead of 2D; at least one branch stays);
+    ``codebook`` False makes the fused feature the embedding (no CSC). The paper's encoder has
+    all three; its state-dict keys do not depend on the switches.
     """
 
-    def __init__(self, embed_dim: int = 256, codebook_size: int = 1024):
+    def __init__(self, embed_dim: int = 256, codebook_size: int = 1024, *,
+                 pixel_branch: bool = True, patch_branch: bool = True, codebook: bool = True):
         super().__init__()
-        self.pixel_branch = PixelBranch(embed_dim)
-        self.patch_branch = PatchBranch(embed_dim)
-        self.fusion = MLP(2 * embed_dim, embed_dim, embed_dim)
-        self.codebook = DegradationCodebook(embed_dim, codebook_size)
+        if not (pixel_branch or patch_branch):
+            raise ValueError("the LPE encoder needs its pixel-wise or its patch-wise branch")
+        self.pixel_branch = PixelBranch(embed_dim) if pixel_branch else None
+        self.patch_branch = PatchBranch(embed_dim) if patch_branch else None
+        n_branches = int(pixel_branch) + int(patch_branch)
+        self.fusion = MLP(n_branches * embed_dim, embed_dim, embed_dim)
+        self.codebook = DegradationCodebook(embed_dim, codebook_size) if codebook else None
         self.head = MLP(embed_dim, embed_dim, embed_dim)
 
+    def fused_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> (B,D): the branches' features fused, before the codebook."""
+        branches = [b for b in (self.pixel_branch, self.patch_branch) if b is not None]
+        return self.fusion(torch.cat([branch(x) for branch in branches], dim=1))  # (B,D)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = torch.cat([self.pixel_branch(x), self.patch_branch(x)], dim=1)  # (B,2D)
-        embedding = self.codebook(self.fusion(features))                 # (B,D)
+        embedding = self.fused_features(x)                               # (B,D)
+        if self.codebook is not None:
+            embedding = self.codebook(embedding)                         # (B,D)
         return embedding, self.head(embedding)

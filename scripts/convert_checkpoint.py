@@ -27,6 +27,8 @@ from model.checkpoint import (CheckpointError, atomic_torch_save, describe, dete
                               load_model, read_checkpoint, save_checkpoint)
 from option import ArgumentParser  # noqa: E402
 
+AUTHORS_MODELS = ("cdsr", "dasr")  # the models the authors' code (and so their format) has
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="convert_checkpoint.py", description=__doc__.split("\n\n")[0])
@@ -52,6 +54,9 @@ def convert(args: argparse.Namespace) -> str:
         save_checkpoint(args.target, model_name=net.name, scale=net.scale, model=net.state_dict(),
                         config={"converted_from": str(args.source)})
     else:
+        if net.name not in AUTHORS_MODELS:
+            raise CheckpointError(f"{describe(net.name, net.scale)} has no authors' format: their "
+                                  "code has CDSR and DASR only (a CDSR ablation exists only here)")
         atomic_torch_save(ours_to_authors(net.state_dict(), net.name), args.target)
     return f"{args.source} ({fmt}, {describe(net.name, net.scale)}) -> {args.target} ({args.to})"
 

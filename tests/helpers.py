@@ -9,8 +9,14 @@ import model
 from data.images import write_png
 
 # Tiny constructor arguments for every registered model (the paper sizes are the defaults).
+_TINY_CDSR = dict(n_feats=8, n_blocks=1, growth=4, embed_dim=16, codebook_size=8, queue_size=16)
 TINY = {
-    "cdsr": dict(n_feats=8, n_blocks=1, growth=4, embed_dim=16, codebook_size=8, queue_size=16),
+    "cdsr": _TINY_CDSR,
+    "cdsr-dasr-encoder": _TINY_CDSR,
+    "cdsr-no-csc": _TINY_CDSR,
+    "cdsr-no-dqa": _TINY_CDSR,
+    "cdsr-no-patch": _TINY_CDSR,
+    "cdsr-no-pixel": _TINY_CDSR,
     "dasr": dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16),
 }
 
