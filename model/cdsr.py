@@ -89,8 +89,9 @@ class ResidualDenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
-        for conv in self.convs[:-1]:
-            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), DENSE_SLOPE))
+        for conv in self.convs[:-1]:   # in place on the fresh conv output, as the authors do
+            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), DENSE_SLOPE,
+                                         inplace=True))
         return x + RESIDUAL_SCALE * self.convs[-1](torch.cat(features, dim=1))
 
 
