@@ -89,9 +89,9 @@ class ResidualDenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
-        for conv in self.convs[:-1]:   # in place on the fresh conv output, as the authors do
-            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), DENSE_SLOPE,
-                                         inplace=True))
+        for conv in self.convs[:-1]:   # the first conv reads x itself (a cat of one is a copy)
+            inputs = torch.cat(features, dim=1) if len(features) > 1 else x
+            features.append(F.leaky_relu(conv(inputs), DENSE_SLOPE, inplace=True))
         return x + RESIDUAL_SCALE * self.convs[-1](torch.cat(features, dim=1))
 
 
