@@ -18,9 +18,11 @@ least disturbed; ``--json`` adds the CPU time and every sample), items (training
 second, the step's peak memory above the resting state (weights, Adam moments, MoCo queue;
 gradients are freed before every step), the model's FLOPs per step
 (``torch.utils.flop_counter.FlopCounterMode`` over forward and backward: convolutions and
-matrix products), the achieved GFLOP/s (median step) and its fraction of the machine's matmul
-rate in the same dtype (a square matmul timed in the same rounds, median), the ratios to fp32,
-and the largest relative difference of the step losses from fp32's.
+matrix products), the achieved GFLOP/s (median step) and its fraction of the machine's GEMM
+rate in the same dtype (a 2048^3 matrix product timed in the same rounds, median, the faster of
+``torch.mm`` and the same product as a 1x1 convolution: on AMD CPUs MKL's float32 GEMM reaches
+about 60% of oneDNN's, which runs the convolutions), the ratios to fp32, and the largest
+relative difference of the step losses from fp32's.
 
 Peak memory. CUDA: ``max_memory_allocated`` minus what was allocated before the step. CPU: the
 highest total of live tensor bytes allocated through PyTorch's CPU allocator during the step,
@@ -74,6 +76,13 @@ def host_load() -> str:
     """The 1/5/15-minute load averages and the CPU count, e.g. '5.6 5.2 3.5 on 2 CPUs'."""
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return f"{load} on {os.cpu_count()} CPUs"
+
+
+def allocator_settings() -> str:
+    """glibc malloc settings from the environment (they change page faults, see README)."""
+    found = [f"{k}={v}" for k, v in sorted(os.environ.items())
+             if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    return ", ".join(found) or "glibc defaults"
 
 
 def synchronize(device: torch.device) -> None:
@@ -164,30 +173,49 @@ def resting_bytes(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
     return tensor_bytes(list(net.parameters()), list(net.buffers()), state)
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,
+                        transposed, output_padding, groups, output_mask, out_shape=None,
+                        **kwargs) -> int:
+    """``convolution_backward``: the input and the weight gradient each cost the forward's
+    multiply-adds. (torch's own formula ignores ``groups`` for the weight gradient, which
+    counts the dynamic depthwise convolutions B*C times too high.)"""
+    spatial = x_shape[2:] if transposed else grad_out_shape[2:]
+    forward = 2 * x_shape[0] * math.prod(w_shape) * math.prod(spatial)
+    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs (2 per multiply-add) of the convolutions and matrix products ``fn`` runs."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten.convolution_backward: conv_backward_flops})
     with counter:
         fn()
     return counter.get_total_flops()
 
 
-def matmul_call(kind: str, device: torch.device, side: int = MATMUL_SIDE) -> Callable[[], object]:
-    """A call that multiplies two side x side matrices of ``kind``'s dtype (TF32 allowed for
-    'tf32' on CUDA, off otherwise); the operands are made once."""
+GEMM_IMPLEMENTATIONS = ("mm", "conv1x1")
+
+
+def matmul_call(kind: str, device: torch.device, side: int = MATMUL_SIDE,
+                implementation: str = "mm") -> Callable[[], object]:
+    """A call that multiplies two side x side matrices of ``kind``'s dtype, with ``torch.mm``
+    (BLAS: MKL, cuBLAS) or as a 1x1 convolution (oneDNN, cuDNN), TF32 allowed only for 'tf32'
+    on CUDA. The operands are made once."""
     dtype = MATMUL_DTYPE[kind]
     a = torch.randn(side, side, device=device).to(dtype)
     b = torch.randn(side, side, device=device).to(dtype)
+    if implementation == "conv1x1":                  # (1, side channels, side pixels) x weight
+        a = a.T.contiguous().view(1, side, 32, side // 32)
+        b = b.T.contiguous().view(side, side, 1, 1)
 
     def run() -> torch.Tensor:
-        if device.type != "cuda":
-            return a @ b
-        saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        tf32 = device.type == "cuda" and kind == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         try:
-            return a @ b
+            return a @ b if implementation == "mm" else torch.nn.functional.conv2d(a, b)
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     return run
 
 
@@ -250,8 +278,9 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
     criterion = build_loss(args.loss, args.c_weight).to(device)
     degradation = build_training_degradation(args)
     modes = [Mode(p, base, phase, phase.base_lr, device) for p in opts.precisions]
-    matmuls = {kind: matmul_call(kind, device) for kind in {m.name for m in modes}}
-    matmul_samples: Dict[str, List[Dict[str, float]]] = {kind: [] for kind in matmuls}
+    matmuls = {(kind, how): matmul_call(kind, device, implementation=how)
+               for kind in {m.name for m in modes} for how in GEMM_IMPLEMENTATIONS}
+    matmul_samples: Dict[tuple, List[Dict[str, float]]] = {key: [] for key in matmuls}
     rounds = opts.warmup + opts.iterations
     batches = draw_batches(args, degradation, rounds + 2, device)
 
@@ -290,7 +319,9 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
         resting = resting_bytes(mode.net, mode.optimizer)
         peak = peak_bytes(step(mode, batches[rounds + 1]), device)
         wall = median(mode.samples, "wall")
-        matmul_rate = matmul_gflops(median(matmul_samples[mode.name], "wall"))
+        gemm = {how: matmul_gflops(median(matmul_samples[mode.name, how], "wall"))
+                for how in GEMM_IMPLEMENTATIONS}
+        matmul_rate = max(gemm.values())
         rows.append({
             "model": name, "precision": mode.name, "device": device.type,
             "batch_size": opts.batch_size, "patch_size": opts.patch_size, "scale": opts.scale,
@@ -300,6 +331,7 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
             "items_per_s": opts.batch_size / wall, "step_peak_mib": peak / MiB,
             "resting_mib": resting / MiB, "gflop_per_step": flops / 1e9,
             "gflops": flops / 1e9 / wall, "matmul_gflops": matmul_rate,
+            **{f"{how}_gflops": rate for how, rate in gemm.items()},
             "matmul_fraction": flops / 1e9 / wall / matmul_rate,
             "losses": mode.losses[:rounds],
         })
@@ -337,7 +369,7 @@ def bench_eval(name: str, opts: argparse.Namespace, device: torch.device) -> dic
 COLUMNS = (("model", "{}"), ("precision", "{}"), ("ms/step", "{:.0f}"), ("fastest ms", "{:.0f}"),
            ("items/s", "{:.2f}"), ("time vs fp32", "{:.2f}"), ("step peak MiB", "{:.0f}"),
            ("memory vs fp32", "{:.2f}"), ("GFLOP/step", "{:.0f}"), ("GFLOP/s", "{:.1f}"),
-           ("matmul GFLOP/s", "{:.1f}"), ("of matmul", "{:.0%}"), ("loss diff vs fp32", "{:.1e}"))
+           ("GEMM GFLOP/s", "{:.1f}"), ("of GEMM", "{:.0%}"), ("loss diff vs fp32", "{:.1e}"))
 KEYS = ("model", "precision", "ms_per_step", "min_ms_per_step", "items_per_s", "time_vs_fp32",
         "step_peak_mib", "memory_vs_fp32", "gflop_per_step", "gflops", "matmul_gflops",
         "matmul_fraction", "loss_rel_diff")
@@ -392,8 +424,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     load_before = host_load()
     print(f"torch {torch.__version__}, {describe_device(device)}; joint training step, "
           f"x{opts.scale}, batch {opts.batch_size}, LR patch {opts.patch_size}, "
-          f"{opts.iterations} timed rounds after {opts.warmup} warm-up; host load {load_before}",
-          flush=True)
+          f"{opts.iterations} timed rounds after {opts.warmup} warm-up; host load {load_before}; "
+          f"malloc: {allocator_settings()}", flush=True)
     rows, evals = [], []
     for name in opts.models.split(","):
         rows += bench_model(name, opts, device)
@@ -407,6 +439,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  {e['model'].upper()}: {e['ms']:.1f} ms, peak {e['peak_mib']:.0f} MiB")
     if opts.json:
         Path(opts.json).write_text(json.dumps({"host_load": [load_before, host_load()],
+                                               "malloc": allocator_settings(),
                                                "device": describe_device(device),
                                                "train": rows, "eval": evals}, indent=1))
     return 0

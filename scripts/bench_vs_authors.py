@@ -55,8 +55,8 @@ from model import build_model  # noqa: E402
 from model.checkpoint import load_weights  # noqa: E402
 from model.inference import predict  # noqa: E402
 from model.precision import Precision  # noqa: E402
-from scripts.bench_train import (MiB, host_load, markdown_table, median,  # noqa: E402
-                                 peak_bytes, timed)
+from scripts.bench_train import (MiB, allocator_settings, host_load,  # noqa: E402
+                                 markdown_table, median, peak_bytes, timed)
 from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -334,7 +334,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     load_before = host_load()
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; x{opts.scale}, "
           f"train batch {opts.batch_size}, LR patch {opts.patch_size}; {opts.iterations} timed "
-          f"rounds after {opts.warmup} warm-up; host load {load_before}", flush=True)
+          f"rounds after {opts.warmup} warm-up; host load {load_before}; malloc: "
+          f"{allocator_settings()}", flush=True)
     rows = []
     for authors in code:
         rows += bench_model(authors, opts)
@@ -348,7 +349,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("eval outputs, max |ours - theirs| (0..255 units): " + ", ".join(checks))
     if opts.json:
         Path(opts.json).write_text(json.dumps({"host_load": [load_before, host_load()],
-                                               "rows": rows}, indent=1))
+                                               "malloc": allocator_settings(), "rows": rows},
+                                              indent=1))
     return 0
 
 
