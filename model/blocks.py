@@ -46,20 +46,22 @@ class ConvBNAct(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(self.norm(self.conv(x)), LEAKY_SLOPE)
+        # In place on BatchNorm's fresh output (its backward needs the input, not the output).
+        return F.leaky_relu(self.norm(self.conv(x)), LEAKY_SLOPE, inplace=True)
 
 
 class MLP(nn.Module):
     """Linear -> activation -> Linear on (B, in_features) -> (B, out_features).
 
-    ``activation`` defaults to LeakyReLU(0.1); pass ``nn.PReLU()`` for a learnable slope.
+    ``activation`` defaults to LeakyReLU(0.1) (in place on fc1's output); pass ``nn.PReLU()``
+    for a learnable slope.
     """
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, *,
                  bias: bool = True, activation: nn.Module | None = None):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
-        self.act = activation if activation is not None else nn.LeakyReLU(LEAKY_SLOPE)
+        self.act = activation if activation is not None else nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +87,10 @@ class DynamicDepthwiseConv(nn.Module):
         k = self.kernel_size
         kernels = self.kernel_mlp(vector).view(b * c, 1, k, k)           # (B*C,1,k,k)
         out = F.conv2d(x.reshape(1, b * c, h, w), kernels, padding=k // 2, groups=b * c)
-        out = F.leaky_relu(out.view(b, c, h, w), LEAKY_SLOPE, inplace=True)  # (B,C,H,W)
-        return self.pointwise(out)
+        # In place on the conv output itself, not on a view of it: an in-place op on a view
+        # makes autograd rebuild the whole base in backward (CopySlices: zeros + copy).
+        out = F.leaky_relu(out, LEAKY_SLOPE, inplace=True)               # (1,B*C,H,W)
+        return self.pointwise(out.view(b, c, h, w))
 
 
 class ChannelGate(nn.Module):
@@ -105,7 +109,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         v = vector[:, :, None, None]                                     # (B,C,1,1)
-        gate = torch.sigmoid(self.expand(F.leaky_relu(self.reduce(v), LEAKY_SLOPE)))
+        gate = torch.sigmoid(self.expand(F.leaky_relu(self.reduce(v), LEAKY_SLOPE, inplace=True)))
         return x * gate
 
 

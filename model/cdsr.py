@@ -126,10 +126,22 @@ class ResidualDenseBlock(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
+        if torch.is_grad_enabled():    # autograd keeps each conv's input: concatenate
+            features = [x]
+            for conv in self.convs[:-1]:   # the first conv reads x itself (a cat of one copies)
+                inputs = torch.cat(features, dim=1) if len(features) > 1 else x
+                features.append(F.leaky_relu(conv(inputs), DENSE_SLOPE, inplace=True))
+            return x + RESIDUAL_SCALE * self.convs[-1](torch.cat(features, dim=1))
+        # Inference: the features grow in one (B,C+4G,H,W) buffer, each conv reading its
+        # leading channels; one allocation instead of four concatenations, a third of the copying.
+        channels, growth = x.shape[1], self.convs[0].out_channels
+        features = x.new_empty(x.shape[0], channels + 4 * growth, *x.shape[2:])
+        features[:, :channels] = x
         for conv in self.convs[:-1]:
-            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), DENSE_SLOPE))
-        return x + RESIDUAL_SCALE * self.convs[-1](torch.cat(features, dim=1))
+            out = conv(features[:, :channels])
+            features[:, channels:channels + growth] = F.leaky_relu(out, DENSE_SLOPE, inplace=True)
+            channels += growth
+        return x + RESIDUAL_SCALE * self.convs[-1](features)
 
 
 class LinearPReLU(nn.Module):

@@ -121,7 +121,7 @@ class DASRGenerator(nn.Module):
         self.tail_conv = conv3x3(n_feats, 3)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        degradation = F.leaky_relu(self.degradation_proj(embedding), LEAKY_SLOPE)  # (B,C)
+        degradation = F.leaky_relu(self.degradation_proj(embedding), LEAKY_SLOPE, inplace=True)
         features = self.head_conv(x - self.rgb_mean)                     # (B,C,h,w)
         body = features
         for group in self.groups:

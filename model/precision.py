@@ -30,8 +30,14 @@ class Precision:
         self.name = name
         self.dtype = _AUTOCAST.get(name)
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
-        if device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = name != "fp32"
+        self.device = device
+        self.activate()
+
+    def activate(self) -> None:
+        """Set PyTorch's process-wide TF32 switches for this precision (CUDA only; done at
+        construction, again when several precisions take turns in one process)."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = self.name != "fp32"
             torch.backends.cuda.matmul.allow_tf32 = False
 
     @property

@@ -1,0 +1,449 @@
+"""Joint training step of CDSR and DASR in every precision of the device, measured side by side.
+
+    python scripts/bench_train.py [--models cdsr,dasr] [--precisions fp32,bf16] [--batch_size 4]
+        [--patch_size 48] [--scale 4] [--iterations 5] [--warmup 1] [--threads N]
+        [--device cpu|cuda] [--eval_size 128] [--json OUT.json]
+
+For each model (the paper recipe of its preset, x4, LR patch 48) and each precision, one joint
+training step is what the trainer does per iteration: ``TrainingDegradation.apply`` on a batch
+of HR patch pairs (parameters drawn beforehand, as the data-loading workers do) and
+``trainer.training_step`` (MoCo update, forward under the precision's autocast, losses,
+backward, Adam). Every precision trains its own copy of the same initial model on the same
+batches, and the copies take turns (round 1: A, B, C; round 2: B, C, A; ...), so load drift on a
+shared machine hits all modes alike and the losses of the same step can be compared.
+
+Reported per model and precision: median and fastest milliseconds per step (wall clock; on a
+shared virtual machine other guests can stall a step for seconds, the fastest step is the
+least disturbed; ``--json`` adds the CPU time and every sample), items (training images) per
+second, the step's peak memory above the resting state (weights, Adam moments, MoCo queue;
+gradients are freed before every step), the model's FLOPs per step
+(``torch.utils.flop_counter.FlopCounterMode`` over forward and backward: convolutions and
+matrix products), the achieved GFLOP/s (median step) and its fraction of the machine's GEMM
+rate in the same dtype (a 2048^3 matrix product timed in the same rounds, median, the faster of
+``torch.mm`` and the same product as a 1x1 convolution: on AMD CPUs MKL's float32 GEMM reaches
+about 60% of oneDNN's, which runs the convolutions), the ratios to fp32, and the largest
+relative difference of the step losses from fp32's.
+
+Peak memory. CUDA: ``max_memory_allocated`` minus what was allocated before the step. CPU: the
+highest total of live tensor bytes allocated through PyTorch's CPU allocator during the step,
+from ``torch.profiler``'s memory events (oneDNN's scratch memory included), in a separate,
+untimed step; independent of how glibc keeps or returns freed pages.
+
+Precisions: CPU fp32 and bf16 (``tf32`` is fp32 on a CPU); fp16 only if the CPU has native
+float16 arithmetic (its matmul rate is probed; emulated fp16 runs 20-100x slower) or when
+listed in ``--precisions``. CUDA: fp32, tf32, bf16, fp16, and the evaluation forward
+(``predict``, true float32) at ``--eval_size``. Prints one table; ``--json`` writes the rows.
+"""
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # before torch: no profiler chatter on stderr
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import option  # noqa: E402
+from data import build_training_degradation  # noqa: E402
+from loss import build_loss  # noqa: E402
+from model import make_model  # noqa: E402
+from model.inference import predict  # noqa: E402
+from model.precision import PRECISIONS, Precision  # noqa: E402
+from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
+
+MiB = 2 ** 20
+MATMUL_SIDE = 2048
+MATMUL_DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+                "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- measuring
+def host_load() -> str:
+    """The 1/5/15-minute load averages and the CPU count, e.g. '5.6 5.2 3.5 on 2 CPUs'."""
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return f"{load} on {os.cpu_count()} CPUs"
+
+
+def allocator_settings() -> str:
+    """glibc malloc settings from the environment (they change page faults, see README)."""
+    found = [f"{k}={v}" for k, v in sorted(os.environ.items())
+             if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    return ", ".join(found) or "glibc defaults"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel had to map in)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> Dict[str, float]:
+    """One call of ``fn``: wall seconds, CPU seconds of this process (all its threads) and
+    minor page faults."""
+    synchronize(device)
+    wall, cpu, faults = time.perf_counter(), time.process_time(), minor_faults()
+    fn()
+    synchronize(device)
+    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
+            "faults": minor_faults() - faults}
+
+
+def median(samples: Sequence[Dict[str, float]], key: str) -> float:
+    return statistics.median(s[key] for s in samples)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null (the profiler's native library prints start/stop lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> float:
+    """Highest total of live bytes allocated through PyTorch's CPU allocator while ``fn`` runs,
+    counting only what ``fn`` allocates (torch.profiler memory events, replayed in time order);
+    NaN where this torch's profiler does not expose its raw events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        raw = prof.profiler.kineto_results.events()
+    except AttributeError:
+        return math.nan
+    events = [e for e in raw
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory of one call of ``fn`` above what was allocated before it (see module doc)."""
+    if device.type != "cuda":
+        return cpu_peak_bytes(fn)
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def tensor_bytes(*collections: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages of the given tensors."""
+    seen: Dict[int, int] = {}
+    for tensors in collections:
+        for t in tensors:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def resting_bytes(net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Weights, buffers (MoCo queue, BN statistics) and optimizer state."""
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return tensor_bytes(list(net.parameters()), list(net.buffers()), state)
+
+
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,
+                        transposed, output_padding, groups, output_mask, out_shape=None,
+                        **kwargs) -> int:
+    """``convolution_backward``: the input and the weight gradient each cost the forward's
+    multiply-adds. (torch's own formula ignores ``groups`` for the weight gradient, which
+    counts the dynamic depthwise convolutions B*C times too high.)"""
+    spatial = x_shape[2:] if transposed else grad_out_shape[2:]
+    forward = 2 * x_shape[0] * math.prod(w_shape) * math.prod(spatial)
+    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs (2 per multiply-add) of the convolutions and matrix products ``fn`` runs."""
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten.convolution_backward: conv_backward_flops})
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+GEMM_IMPLEMENTATIONS = ("mm", "conv1x1")
+
+
+def matmul_call(kind: str, device: torch.device, side: int = MATMUL_SIDE,
+                implementation: str = "mm") -> Callable[[], object]:
+    """A call that multiplies two side x side matrices of ``kind``'s dtype, with ``torch.mm``
+    (BLAS: MKL, cuBLAS) or as a 1x1 convolution (oneDNN, cuDNN), TF32 allowed only for 'tf32'
+    on CUDA. The operands are made once."""
+    dtype = MATMUL_DTYPE[kind]
+    a = torch.randn(side, side, device=device).to(dtype)
+    b = torch.randn(side, side, device=device).to(dtype)
+    if implementation == "conv1x1":                  # (1, side channels, side pixels) x weight
+        a = a.T.contiguous().view(1, side, 32, side // 32)
+        b = b.T.contiguous().view(side, side, 1, 1)
+
+    def run() -> torch.Tensor:
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        tf32 = device.type == "cuda" and kind == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            return a @ b if implementation == "mm" else torch.nn.functional.conv2d(a, b)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    return run
+
+
+def matmul_gflops(seconds: float, side: int = MATMUL_SIDE) -> float:
+    return 2 * side ** 3 / seconds / 1e9
+
+
+def default_precisions(device: torch.device) -> List[str]:
+    """Every precision on CUDA; fp32 and bf16 on a CPU, plus fp16 where the CPU computes in
+    float16 natively (probed: a float16 matmul at least half as fast as a float32 one)."""
+    if device.type == "cuda":
+        return list(PRECISIONS)
+    chosen = ["fp32", "bf16"]
+    probe = {kind: min(timed(matmul_call(kind, device, 512), device)["wall"] for _ in range(3))
+             for kind in ("fp32", "fp16")}
+    if probe["fp16"] <= 2 * probe["fp32"]:
+        chosen.append("fp16")
+    else:
+        print(f"fp16 left out: this CPU emulates float16 (a 512x512 float16 matmul takes "
+              f"{probe['fp16'] / probe['fp32']:.0f}x as long as float32); list it in "
+              "--precisions to run it anyway")
+    return chosen
+
+
+# ----------------------------------------------------------------------------- the benchmark
+class Mode:
+    """One precision's copy of the model, its optimizer and its measurements."""
+
+    def __init__(self, name: str, base: torch.nn.Module, phase, lr: float, device: torch.device):
+        self.name = name
+        self.net = copy.deepcopy(base)
+        set_trainable(self.net, phase)
+        self.optimizer = make_optimizer(self.net, lr)
+        self.precision = Precision(name, device)
+        self.samples: List[Dict[str, float]] = []
+        self.losses: List[Dict[str, float]] = []
+
+
+def draw_batches(args: argparse.Namespace, degradation, count: int, device: torch.device) -> list:
+    """``count`` batches (hr (B,2,3,P,P) 0..255, degradation parameters, noise maps), seeded."""
+    side = args.patch_size * args.scale
+    lr_shape = (args.batch_size, 2, 3, args.patch_size, args.patch_size)
+    batches = []
+    for i in range(count):
+        generator = torch.Generator().manual_seed(1000 + i)
+        hr = (torch.rand(args.batch_size, 2, 3, side, side, generator=generator) * 255).round()
+        params = degradation.sample(args.batch_size, generator)
+        noise = degradation.noise_maps(params["noise"], lr_shape, generator)
+        batches.append((hr.to(device), params, None if noise is None else noise.to(device)))
+    return batches
+
+
+def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> List[dict]:
+    args = option.parse_args(["--preset", name, "--scale", str(opts.scale),
+                              "--batch_size", str(opts.batch_size),
+                              "--patch_size", str(opts.patch_size)])
+    torch.manual_seed(0)
+    base = make_model(args).to(device)
+    phase = next(p for p in build_phases(args) if p.name == JOINT)
+    criterion = build_loss(args.loss, args.c_weight).to(device)
+    degradation = build_training_degradation(args)
+    modes = [Mode(p, base, phase, phase.base_lr, device) for p in opts.precisions]
+    matmuls = {(kind, how): matmul_call(kind, device, implementation=how)
+               for kind in {m.name for m in modes} for how in GEMM_IMPLEMENTATIONS}
+    matmul_samples: Dict[tuple, List[Dict[str, float]]] = {key: [] for key in matmuls}
+    rounds = opts.warmup + opts.iterations
+    batches = draw_batches(args, degradation, rounds + 2, device)
+
+    def step(mode: Mode, batch) -> Callable[[], None]:
+        hr, params, noise = batch
+
+        def run() -> None:
+            mode.precision.activate()
+            lr = degradation.apply(hr, params, noise)
+            result = training_step(mode.net, lr, hr[:, 0], phase, criterion, mode.optimizer,
+                                   precision=mode.precision)
+            mode.losses.append(result.reported)
+        return run
+
+    for r in range(rounds):
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            sample = timed(step(mode, batches[r]), device)
+            if r >= opts.warmup:
+                mode.samples.append(sample)
+        for kind, run in matmuls.items():
+            sample = timed(run, device)
+            if r >= opts.warmup:
+                matmul_samples[kind].append(sample)
+        print(f"  {name} round {r + 1}/{rounds}: " + ", ".join(
+            f"{m.name} {1000 * m.samples[-1]['wall']:.0f} ms" for m in modes if m.samples)
+            + (" (warm-up)" if r < opts.warmup else ""), flush=True)
+
+    fp32 = next((m for m in modes if m.name == "fp32"), modes[0])
+    hr, params, noise = batches[rounds]
+    lr = degradation.apply(hr, params, noise)                   # the model's FLOPs only
+    flops = count_flops(lambda: training_step(fp32.net, lr, hr[:, 0], phase, criterion,
+                                              fp32.optimizer, precision=fp32.precision))
+    rows = []
+    for mode in modes:
+        mode.optimizer.zero_grad(set_to_none=True)
+        resting = resting_bytes(mode.net, mode.optimizer)
+        peak = peak_bytes(step(mode, batches[rounds + 1]), device)
+        wall = median(mode.samples, "wall")
+        gemm = {how: matmul_gflops(median(matmul_samples[mode.name, how], "wall"))
+                for how in GEMM_IMPLEMENTATIONS}
+        matmul_rate = max(gemm.values())
+        rows.append({
+            "model": name, "precision": mode.name, "device": device.type,
+            "batch_size": opts.batch_size, "patch_size": opts.patch_size, "scale": opts.scale,
+            "ms_per_step": 1000 * wall, "cpu_ms_per_step": 1000 * median(mode.samples, "cpu"),
+            "min_ms_per_step": 1000 * min(s["wall"] for s in mode.samples),
+            "samples_ms": [round(1000 * s["wall"], 1) for s in mode.samples],
+            "items_per_s": opts.batch_size / wall, "step_peak_mib": peak / MiB,
+            "resting_mib": resting / MiB, "gflop_per_step": flops / 1e9,
+            "gflops": flops / 1e9 / wall, "matmul_gflops": matmul_rate,
+            **{f"{how}_gflops": rate for how, rate in gemm.items()},
+            "matmul_fraction": flops / 1e9 / wall / matmul_rate,
+            "losses": mode.losses[:rounds],
+        })
+    reference = next((r for r in rows if r["precision"] == "fp32"), rows[0])
+    for row in rows:
+        row["time_vs_fp32"] = row["ms_per_step"] / reference["ms_per_step"]
+        row["memory_vs_fp32"] = row["step_peak_mib"] / reference["step_peak_mib"]
+        row["loss_rel_diff"] = max_relative_difference(row["losses"], reference["losses"])
+    return rows
+
+
+def max_relative_difference(losses: List[Dict[str, float]],
+                            reference: List[Dict[str, float]]) -> float:
+    """Largest |loss - reference| / |reference| over the steps and loss components."""
+    return max((abs(a[k] - b[k]) / max(abs(b[k]), 1e-12)
+                for a, b in zip(losses, reference) for k in b), default=0.0)
+
+
+def bench_eval(name: str, opts: argparse.Namespace, device: torch.device) -> dict:
+    """CUDA only: the evaluation forward (``predict``, true float32) on one LR image."""
+    torch.manual_seed(0)
+    net = make_model(argparse.Namespace(model=name, scale=opts.scale, queue_size=8192))
+    net = net.to(device).eval()
+    lr = (torch.rand(1, 3, opts.eval_size, opts.eval_size, device=device) * 255).round()
+
+    def forward() -> None:
+        with torch.no_grad():
+            predict(net, lr)
+    samples = [timed(forward, device) for _ in range(opts.warmup + opts.iterations)][opts.warmup:]
+    return {"model": name, "eval_size": opts.eval_size, "ms": 1000 * median(samples, "wall"),
+            "peak_mib": peak_bytes(forward, device) / MiB}
+
+
+# ----------------------------------------------------------------------------- report
+COLUMNS = (("model", "{}"), ("precision", "{}"), ("ms/step", "{:.0f}"), ("fastest ms", "{:.0f}"),
+           ("items/s", "{:.2f}"), ("time vs fp32", "{:.2f}"), ("step peak MiB", "{:.0f}"),
+           ("memory vs fp32", "{:.2f}"), ("GFLOP/step", "{:.0f}"), ("GFLOP/s", "{:.1f}"),
+           ("GEMM GFLOP/s", "{:.1f}"), ("of GEMM", "{:.0%}"), ("loss diff vs fp32", "{:.1e}"))
+KEYS = ("model", "precision", "ms_per_step", "min_ms_per_step", "items_per_s", "time_vs_fp32",
+        "step_peak_mib", "memory_vs_fp32", "gflop_per_step", "gflops", "matmul_gflops",
+        "matmul_fraction", "loss_rel_diff")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple], keys: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt.format(row[k].upper() if k == "model" else row[k])
+                                      for (_, fmt), k in zip(columns, keys)) + " |")
+    return "\n".join(lines)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="cdsr,dasr", help="comma-separated: cdsr, dasr")
+    p.add_argument("--precisions", default=None,
+                   help=f"comma-separated subset of {', '.join(PRECISIONS)} (default: those the "
+                        "device computes natively, see above)")
+    p.add_argument("--batch_size", type=int, default=4, help="training images per step")
+    p.add_argument("--patch_size", type=int, default=48, help="LR patch side")
+    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    p.add_argument("--iterations", type=int, default=5, help="timed rounds (every mode once each)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--eval_size", type=int, default=128, help="CUDA: LR side of the eval forward")
+    p.add_argument("--json", default=None, help="also write the measurements to this file")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    opts = build_parser().parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if opts.precisions:
+        opts.precisions = opts.precisions.split(",")
+        unknown = sorted(set(opts.precisions) - set(PRECISIONS))
+        if unknown:
+            print(f"error: unknown precision(s) {unknown}; choose from {', '.join(PRECISIONS)}",
+                  file=sys.stderr)
+            return 2
+    else:
+        opts.precisions = default_precisions(device)
+    load_before = host_load()
+    print(f"torch {torch.__version__}, {describe_device(device)}; joint training step, "
+          f"x{opts.scale}, batch {opts.batch_size}, LR patch {opts.patch_size}, "
+          f"{opts.iterations} timed rounds after {opts.warmup} warm-up; host load {load_before}; "
+          f"malloc: {allocator_settings()}", flush=True)
+    rows, evals = [], []
+    for name in opts.models.split(","):
+        rows += bench_model(name, opts, device)
+        if device.type == "cuda":
+            evals.append(bench_eval(name, opts, device))
+    print(f"\nhost load before {load_before}, after {host_load()}")
+    print(markdown_table(rows, COLUMNS, KEYS))
+    if evals:
+        print(f"\neval forward (predict, true float32), LR {opts.eval_size}x{opts.eval_size}:")
+        for e in evals:
+            print(f"  {e['model'].upper()}: {e['ms']:.1f} ms, peak {e['peak_mib']:.0f} MiB")
+    if opts.json:
+        Path(opts.json).write_text(json.dumps({"host_load": [load_before, host_load()],
+                                               "malloc": allocator_settings(),
+                                               "device": describe_device(device),
+                                               "train": rows, "eval": evals}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
