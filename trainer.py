@@ -293,12 +293,13 @@ class Trainer:
                 raise self.preempted(f"in epoch {epoch} after iteration {it}")
 
     def record_step(self, epoch: int, iteration: int, lr: float, step: StepResult) -> None:
-        """losses.csv, and the non-finite guard: a skipped step is logged and counted; after
-        ``--max_bad_steps`` consecutive ones the run stops (the last checkpoint is intact)."""
+        """losses.csv, and the non-finite guard: a step skipped for a non-finite loss or gradient
+        is logged and counted; after ``--max_bad_steps`` consecutive ones the run stops (the last
+        checkpoint is intact)."""
         if self.group.is_main:
             self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": self.phase.name,
                                     "lr": lr, "applied": int(step.applied), **step.reported}])
-        if step.applied:
+        if step.finite:             # applied, or an fp16 step the gradient scaler skipped
             self.bad_steps = 0
             return
         self.bad_steps += 1

@@ -53,13 +53,16 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """optimizer.step(), through the scaler for fp16 (which skips overflowing steps)."""
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """optimizer.step(), through the scaler for fp16, which skips a step whose gradients
+        overflowed (and lowers its scale). Returns whether the parameters were updated."""
         if self.scaler is None:
             optimizer.step()
-            return
+            return True
+        scale = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
+        return self.scaler.get_scale() >= scale
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler else {}

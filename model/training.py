@@ -115,11 +115,14 @@ def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, t
 class StepResult:
     """What one training step did: the forward's ``outputs``, this process's loss components
     ``losses`` (tensors, ``total`` included), their means over all processes ``reported``
-    (floats: the global batch's losses) and whether the update was ``applied``."""
+    (floats: the global batch's losses), whether the update was ``applied`` and whether every
+    loss and gradient was ``finite`` (fp16's scaler may skip a finite step whose scaled
+    gradients overflowed: not applied, yet finite)."""
     outputs: Dict[str, torch.Tensor]
     losses: Dict[str, torch.Tensor]
     reported: Dict[str, float]
     applied: bool
+    finite: bool = True
 
 
 def gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
@@ -160,11 +163,10 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     local = torch.stack([*(v.detach().float() for v in losses.values()), (~finite).float()])
     totals = sum_over_processes(local).tolist()
     reported = {k: v / world_size() for k, v in zip(losses, totals)}
-    applied = totals[-1] == 0
-    if applied:
-        precision.step(optimizer)
-        if moco is not None:
-            moco.enqueue(gather_rows(outputs["keys"]))
-    else:
+    finite = totals[-1] == 0
+    applied = finite and precision.step(optimizer)       # fp16: the scaler may skip the step
+    if applied and moco is not None:
+        moco.enqueue(gather_rows(outputs["keys"]))
+    if not applied:
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(outputs, losses, reported, applied)
+    return StepResult(outputs, losses, reported, applied, finite)

@@ -32,10 +32,14 @@ def train(name: str, precision: str, steps: int = 1, seed: int = 0):
         lr = images(4, 2, 3, 24, 24, seed=10 + i).round()
         hr = images(4, 3, 48, 48, seed=20 + i)
         scale = arithmetic.scaler.get_scale() if arithmetic.scaler else 0.0
+        ptr = int(net.encoder.queue_ptr)
         step = training_step(net, lr, hr, PHASE, criterion, optimizer, precision=arithmetic)
-        # fp16: the scaler skips Adam's step (and lowers its scale) when gradients overflow.
+        # fp16: the scaler skips Adam's step (and lowers its scale) when gradients overflow;
+        # such a step is finite but not applied, and enqueues nothing.
         skipped = arithmetic.scaler is not None and arithmetic.scaler.get_scale() < scale
-        applied += step.applied and not skipped
+        assert step.finite and step.applied == (not skipped)
+        assert int(net.encoder.queue_ptr) == (ptr + 4 * step.applied) % net.encoder.queue_size
+        applied += step.applied
         if applied == steps:
             return net, optimizer, step, computed
     raise AssertionError(f"{precision}: fewer than {steps} of {steps + 30} steps were applied")
