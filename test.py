@@ -2,7 +2,7 @@
 
     python test.py --pre_train CKPT --test_path ROOT --data_test Set5+Set14
     python test.py --pre_train CKPT --protocol cdsr --test_path ROOT --data_test Set5+Set14 [--save_results]
-    python test.py --pre_train CKPT --input LR_IMAGE_OR_FOLDER --output OUT_DIR [--chop] [--self_ensemble]
+    python test.py --pre_train CKPT --input LR_IMAGE_OR_FOLDER --output OUT_DIR [--chop] [--self_ensemble] [--bf16]
 
 Scoring goes through ``trainer.evaluate``, the loop training validation uses, on the sets of
 ``data.build_test_sets`` (one fixed degradation, as validation) or ``data.build_protocol_sets``
@@ -13,6 +13,8 @@ columns = datasets) are printed and written to ``experiment/<save>/results.{md,c
 import sys
 from typing import Optional, Sequence
 
+import torch
+
 import option
 import utility
 from data import build_protocol_sets, build_test_sets
@@ -20,15 +22,19 @@ from data.images import output_pairs, read_image_and_alpha, to_image, to_tensor,
 from data.report import plot_comparisons, plot_psnr_by_setting, write_tables
 from model.checkpoint import load_model
 from model.inference import describe_policy, predict
+from model.precision import warn_if_emulated
 from trainer import evaluate, inference_policy
 
 
 def super_resolve_files(model, args, device) -> None:
     """Each image of --input (a file or a folder) -> OUTPUT/<stem>.png, s times larger, in its kind."""
+    if args.bf16:
+        warn_if_emulated(device, torch.bfloat16, "--bf16")
     for source, target in output_pairs(args.input, args.output):
         rgb, alpha, gray = read_image_and_alpha(source)
         try:
-            sr = to_image(predict(model, to_tensor(rgb)[None].to(device), **inference_policy(args)))
+            sr = to_image(predict(model, to_tensor(rgb)[None].to(device), bf16=args.bf16,
+                                  **inference_policy(args)))
         except ValueError as error:                 # e.g. smaller than CDSR's encoder reads
             raise ValueError(f"{source}: {error}") from error
         write_png_like(target, sr, alpha, gray)

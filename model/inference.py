@@ -134,7 +134,7 @@ def full_float32() -> Iterator[None]:
 
 def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
             tile: Optional[int] = None, overlap: int = 32, embed_crop: Optional[int] = None,
-            global_stats: bool = False) -> torch.Tensor:
+            global_stats: bool = False, bf16: bool = False) -> torch.Tensor:
     """SR of ``lr`` (B,3,h,w) in 0..255 under the chosen policies (model in eval mode).
 
     tile: LR tile side; None runs the whole model at once (the authors' eval forward). When the
@@ -143,7 +143,9 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
     of context. global_stats: models whose SR network pools over the whole image (CDSR's DQA)
     keep the whole-image statistics (``model.super_resolve_tiled``); models without such pooling
     (DASR) are already exact with enough overlap. ensemble: the x8 self-ensemble wraps whichever
-    forward is used. Runs in true float32 on CUDA (``full_float32``).
+    forward is used. Runs in true float32 on CUDA (``full_float32``), or with ``bf16`` under
+    bfloat16 autocast (faster, less memory; not for scoring: see README, "Own images"); the
+    result is float32 either way.
     """
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tile is None or max(x.shape[-2:]) <= tile:
@@ -153,8 +155,11 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
             return model.super_resolve_tiled(x, embedding, tile=tile)
         return tiled_super_resolve(model, x, embedding, tile=tile, overlap=overlap)
 
-    with full_float32():
-        return self_ensemble(forward, lr) if ensemble else forward(lr)
+    arithmetic = (torch.autocast(lr.device.type, dtype=torch.bfloat16) if bf16
+                  else full_float32())
+    with arithmetic:
+        sr = self_ensemble(forward, lr) if ensemble else forward(lr)
+    return sr.float()
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:

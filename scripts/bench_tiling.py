@@ -1,4 +1,4 @@
-"""Tiled vs untiled inference: max |difference|, PSNR and peak memory, CDSR and DASR.
+"""Inference policies (tiled, bf16) vs the untiled fp32 forward: max |difference|, PSNR, memory.
 
     python scripts/bench_tiling.py [--models cdsr,dasr] [--variants untiled,tiled,...] [--size 512]
         [--scale 4] [--tile 128] [--overlap 32] [--embed_crop 512] [--device cpu|cuda]
@@ -9,9 +9,10 @@ model the variants are: ``untiled`` (the authors' eval forward), ``tiled`` (embe
 the whole image or its centred --embed_crop square, SR network per tile with --overlap context;
 CDSR's DQA layers then pool over each tile), DASR ``tiled-exact`` (overlap = its receptive
 radius, 109 LR px at paper size) and CDSR ``faithful`` (tiles that keep every DQA's whole-image
-mean). Differences are against the first variant run (``untiled`` by default) on the
+mean) and ``bf16`` (the whole image under bfloat16 autocast, as ``test.py --input --bf16``).
+Differences are against the first variant run (``untiled`` by default) on the
 unclamped float outputs (0..255 units); PSNR is over RGB after clamping to 0..255 (no
-rounding), peak 255.
+rounding), peak 255; the 8-bit columns compare the outputs as test.py writes them (rounded).
 
 Memory. CUDA: ``torch.cuda.max_memory_allocated`` during the forward, minus what was allocated
 before (weights and input). CPU: each variant runs in its own process (so peaks don't mix); the
@@ -51,7 +52,7 @@ RECEPTIVE_RADIUS = {"dasr": 109}
 
 def variants(model_name: str, overlap: int) -> Dict[str, dict]:
     """Variant name -> keyword arguments of ``predict`` (tile filled in later)."""
-    out = {"untiled": {}, "tiled": {"overlap": overlap}}
+    out = {"untiled": {}, "tiled": {"overlap": overlap}, "bf16": {"bf16": True}}
     if model_name == "dasr":
         out["tiled-exact"] = {"overlap": RECEPTIVE_RADIUS["dasr"]}
     else:
@@ -100,13 +101,17 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def is_tiled(policy: dict) -> bool:
+    return "overlap" in policy
+
+
 def run_variant(args: argparse.Namespace, name: str, policy: dict, out_path: Optional[Path]) -> dict:
     """One forward of one variant in this process; returns its measurements."""
     device = torch.device(args.device)
     model = make_model(name, args.scale, getattr(args, f"pre_train_{name}"), device)
     lr = make_input(args.size).to(device)
-    tile = args.tile if policy else None
-    if policy:
+    tile = args.tile if is_tiled(policy) else None
+    if tile:
         policy = {**policy, "embed_crop": args.embed_crop or None}
     with torch.no_grad():
         if device.type == "cuda":
@@ -138,7 +143,9 @@ def run_variant(args: argparse.Namespace, name: str, policy: dict, out_path: Opt
 def compare(sr: torch.Tensor, reference: torch.Tensor) -> dict:
     diff = (sr - reference).abs().max().item()
     mse = ((sr.clamp(0, 255) - reference.clamp(0, 255)) ** 2).mean().item()
-    return {"max_abs_diff": diff, "psnr_db": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
+    grey = (sr.clamp(0, 255).round() - reference.clamp(0, 255).round()).abs()
+    return {"max_abs_diff": diff, "psnr_db": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse),
+            "max_grey_levels": grey.max().item(), "share_changed": (grey > 0).float().mean().item()}
 
 
 def measure(args: argparse.Namespace) -> List[dict]:
@@ -163,7 +170,8 @@ def measure(args: argparse.Namespace) -> List[dict]:
             record.pop("output", None)
             reference = sr if reference is None else reference   # the first variant run
             record.update(compare(sr, reference), model=name, variant=variant,
-                          overlap=policy.get("overlap"), tile=args.tile if policy else None)
+                          overlap=policy.get("overlap"), tile=args.tile if is_tiled(policy) else None,
+                          bf16=bool(policy.get("bf16")))
             rows.append(record)
             print(format_row(record), flush=True)
     return rows
@@ -172,7 +180,8 @@ def measure(args: argparse.Namespace) -> List[dict]:
 def format_row(r: dict) -> str:
     return (f"| {r['model'].upper()} | {r['variant']} | {r['tile'] or '-'} | "
             f"{'-' if r['overlap'] is None else r['overlap']} | {r['max_abs_diff']:.3g} | "
-            f"{r['psnr_db']:.2f} | {r['peak_mib']:.0f} | {r['forward_mib']:.0f} | {r['seconds']:.1f} |")
+            f"{r['psnr_db']:.2f} | {r['max_grey_levels']:.0f} ({100 * r['share_changed']:.1f}%) | "
+            f"{r['peak_mib']:.0f} | {r['forward_mib']:.0f} | {r['seconds']:.1f} |")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on (0 = whole image), as test.py --embed_crop")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of untiled, tiled, tiled-exact (DASR), faithful "
-                        "(CDSR); differences are against the first one run (default: all)")
+                        "(CDSR), bf16; differences are against the first one run (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--pre_train_cdsr", default=None, help="CDSR checkpoint (default: random weights)")
@@ -212,9 +221,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.forward_argv = [a for a in argv]
     print(f"LR {args.size}x{args.size} x{args.scale} on {args.device}, "
           f"{torch.get_num_threads()} threads")
-    print("| model | variant | tile | overlap | max abs diff | PSNR vs untiled (dB) | peak (MiB) | "
-          "forward (MiB) | time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | variant | tile | overlap | max abs diff | PSNR vs untiled (dB) | 8-bit max diff "
+          "(pixels changed) | peak (MiB) | forward (MiB) | time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = measure(args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

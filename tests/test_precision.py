@@ -7,7 +7,9 @@ import torch
 from helpers import images, tiny
 from loss import build_loss
 from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from model.precision import Precision
+from model import precision as precision_module
+from model.inference import predict
+from model.precision import Precision, warn_if_emulated
 from trainer import JOINT, Phase, make_optimizer, set_trainable, training_step
 
 CPU = torch.device("cpu")
@@ -92,3 +94,34 @@ def test_checkpoints_load_across_precisions(precision, tmp_path):
                          PHASE, build_loss("1*L1", 1.0), make_optimizer(fresh, 1e-3),
                          precision=Precision(other, CPU))
     assert step.applied
+
+
+def test_bf16_inference_computes_low_and_returns_float32():
+    net = tiny("cdsr", scale=2).eval()
+    computed = set()
+    for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda module, inputs, output: computed.add(output.dtype))
+    lr = images(1, 3, 16, 16)
+    with torch.no_grad():
+        exact = predict(net, lr)
+        assert computed == {torch.float32}
+        computed.clear()
+        low = predict(net, lr, bf16=True)
+    assert computed == {torch.bfloat16} and low.dtype == torch.float32 and low.shape == exact.shape
+    deviation = (low - exact).abs()
+    assert 0 < deviation.max() < 0.05 * exact.abs().max()   # bfloat16 keeps 8 significant bits
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_emulated_low_precision_on_the_cpu_is_announced(native, monkeypatch, caplog):
+    monkeypatch.setattr(precision_module, "cpu_has_kernels", lambda dtype: native)
+    with caplog.at_level("WARNING", logger="cdsr"):
+        Precision("bf16", CPU)
+        warn_if_emulated(CPU, torch.bfloat16, "--bf16")
+        warn_if_emulated(CPU, None, "--precision fp32")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ([] if native else [
+        "--precision bf16: this CPU has no native bfloat16 kernels, so it runs far slower than "
+        "float32 here; it is meant for GPUs (and CPUs with bfloat16 units)",
+        "--bf16: this CPU has no native bfloat16 kernels, so it runs far slower than float32 "
+        "here; it is meant for GPUs (and CPUs with bfloat16 units)"])

@@ -179,6 +179,7 @@ def test_own_image_tiled_equals_untiled_for_dasr(workspace, tmp_path, monkeypatc
     (["--input", "ROOT/missing.png", "--output", "ROOT/out"], "does not exist"),
     (["--protocol", "cdsr", "--noise", "5", "--test_path", "BENCH"], "use --protocol_noise"),
     (["--protocol_noise", "5", "--test_path", "BENCH"], "needs --protocol"),
+    (["--bf16", "--test_path", "BENCH"], "--bf16 is for --input only"),
     (["--input", "ROOT/in", "--output", "ROOT/in"], "would overwrite the input"),
     (["--input", "ROOT/in", "--output", "ROOT/in/x.png"], "cannot create the output folder"),
     (["--input", "ROOT/in", "--output", "ROOT/out", "--chop", "--tile", "0"], "--tile must be >= 1"),
