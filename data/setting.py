@@ -19,7 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data.degradation import FixedDegradation, add_noise, blur, make_fixed_degradation, quantize
+from data.degradation import FixedDegradation, make_fixed_degradation
+from data.degradation_ops import add_noise, blur, quantize
 from data.images import to_image, to_tensor
 from data.kernels import dasr_isotropic_kernel
 from data.resize import bicubic_downsample, decimate

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from data import kernels as K
-from data.degradation import (blur, make_fixed_degradation, make_training_degradation)
+from data.degradation import make_fixed_degradation, make_training_degradation
+from data.degradation_ops import blur
 from data.resize import bicubic_downsample, bicubic_taps, decimate
 from data.spatially_variant import spatially_variant_blur, sv_kernel_params, sv_kernels
 

@@ -1,7 +1,7 @@
 """Our training step (trainer.training_step) against the authors' (../shared/golden/train).
 
-The comparisons live in ``scripts/golden/train.py``; see train/README.md for the recipe and the
-tolerances.
+The steps run in ``scripts/golden/train.py``, the comparison rules live in
+``scripts/golden/train_compare.py``; see train/README.md for the recipe and the tolerances.
 """
 import copy
 
@@ -11,6 +11,7 @@ import torch
 
 import trainer
 from scripts.golden import train as golden_train
+from scripts.golden import train_compare
 
 
 def _report(results) -> str:
@@ -28,7 +29,7 @@ def _case(golden_dir, name, phases=None):
 
 def test_tolerance_table_is_the_index_one(golden_dir):
     rules = golden_train.read_index(golden_dir)["tolerances"]["rules"]
-    ours = golden_train.TOLERANCES
+    ours = train_compare.TOLERANCES
     for stage in ("it1", "it2"):
         assert [ours[stage][k] for k in ("loss_sr", "loss_c", "logits", "sr")] == [
             rules[k][stage] for k in ("loss_sr", "loss_c", "logits", "sr")]
@@ -59,10 +60,10 @@ def test_dasr_passes_at_any_thread_count(golden_dir, threads):
 def test_parameter_rule_allows_few_outliers_of_at_most_two_lr(stage):
     """0.5% of a slice may move up to 2 lr; one more outlier, or one beyond 2 lr, fails."""
     lr, ref = 1e-4, np.zeros(1000, dtype=np.float32)
-    rule = golden_train.TOLERANCES[stage]["param"]
+    rule = train_compare.TOLERANCES[stage]["param"]
 
     def passes(moved: np.ndarray) -> bool:
-        return all(r.passed for r in golden_train._parameter_moves("p", moved, ref, lr, rule))
+        return all(r.passed for r in train_compare._parameter_moves("p", moved, ref, lr, rule))
 
     moved = ref.copy()
     moved[:5] = 2 * lr                       # floor(0.5% of 1000) = 5 outliers

@@ -20,7 +20,7 @@ import utility
 from data import build_test_sets
 from helpers import TINY, images, tiny, write_noise_images
 from loss import build_loss
-from model.cdsr import CrossModalAttention, DAFusion
+from model.dqa import CrossModalAttention, DAFusion
 from model.checkpoint import CheckpointError, load_model, load_weights, read_checkpoint, save_checkpoint
 from model.dasr import DASREncoder
 from model.inference import predict

@@ -11,7 +11,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from data.degradation import FixedDegradation, add_noise, make_fixed_degradation, quantize
+from data.degradation import FixedDegradation, make_fixed_degradation
+from data.degradation_ops import add_noise, quantize
 from data.images import list_images, read_image, to_tensor
 from data.sample_photos import held_out_photos, training_photos
 

@@ -7,7 +7,8 @@ records for whatever cases its folder holds:
 * ``degradations``: ``degradation_index.json``;
 * ``metrics``: ``metrics.json``;
 * ``manet``: ``manet_protocol/<Set>/x<s>/`` against HR images of an ``hr_root``;
-* ``train``: ``train/train_index.json`` (training steps through our trainer).
+* ``train``: ``train/train_index.json`` (training steps through our trainer; the comparison
+  rules in ``train_compare``).
 
 ``discover(golden_dir, hr_root)`` lists the groups present as ``{group: check()}``; it is what
 ``scripts/verify_golden.py`` runs. Import with the repository root on ``sys.path``.
