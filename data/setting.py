@@ -20,14 +20,13 @@ import numpy as np
 import torch
 
 from data.degradation import FixedDegradation, make_fixed_degradation
-from data.degradation_ops import add_noise, blur, quantize
+from data.degradation_ops import PADDING, add_noise, blur, quantize
 from data.images import to_image, to_tensor
 from data.kernels import dasr_isotropic_kernel
 from data.resize import bicubic_downsample, decimate
 from data.spatially_variant import spatially_variant_blur, sv_kernels
 
 KERNEL_SIZE = 21
-PADDING = {"dasr": "reflect", "manet": "replicate"}
 
 
 def modcrop(image: np.ndarray, scale: int) -> np.ndarray:
