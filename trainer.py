@@ -23,6 +23,7 @@ from data.eval_set import EvalSet
 from data.plots import plot_curves
 from data.report import CsvTable
 from data.images import to_image, write_png
+from data.metrics import mean_score, psnr, ssim
 from model.checkpoint import (load_weights, read_checkpoint, rng_states, save_checkpoint,
                               set_rng_states)
 from model.inference import bicubic_upscale, predict
@@ -71,12 +72,12 @@ def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.devic
             outputs = {"": sr, "bicubic_": bicubic_upscale(lr, model.scale).cpu()} if with_bicubic else {"": sr}
             for prefix, image in outputs.items():
                 scores.setdefault(prefix + "psnr", []).append(
-                    utility.psnr(image, hr, crop_border=model.scale))
+                    psnr(image, hr, crop_border=model.scale))
                 scores.setdefault(prefix + "ssim", []).append(
-                    utility.ssim(image, hr, crop_border=model.scale))
+                    ssim(image, hr, crop_border=model.scale))
             if save_dir is not None:
                 write_png(Path(save_dir) / test_set.name / f"{item['name']}.png", to_image(sr))
-        results[test_set.name] = {key: utility.mean_score(values) for key, values in scores.items()}
+        results[test_set.name] = {key: mean_score(values) for key, values in scores.items()}
     model.train(was_training)
     return results
 

@@ -16,6 +16,7 @@ import utility
 from data import plots
 from data.eval_set import EvalSet
 from data.images import read_image, to_image, to_tensor
+from data.metrics import psnr
 from data.setting import Setting
 from model.inference import bicubic_upscale
 
@@ -121,8 +122,8 @@ def _comparison_row(eval_set: EvalSet, index: int, sr_dir: Path, crop: Optional[
         size = min(FIGURE_CROP, *hr.shape[:2])
         top, left = busiest_window(hr, size)
         crop = (slice(top, top + size), slice(left, left + size))
-    titles = [f"bicubic {utility.psnr(bicubic, hr, crop_border=scale):.2f} dB",
-              f"SR {utility.psnr(sr, hr, crop_border=scale):.2f} dB", "HR"]
+    titles = [f"bicubic {psnr(bicubic, hr, crop_border=scale):.2f} dB",
+              f"SR {psnr(sr, hr, crop_border=scale):.2f} dB", "HR"]
     return [bicubic[crop], sr[crop], hr[crop]], titles, crop
 
 
