@@ -5,7 +5,8 @@ built from the options and validated before anything starts; ``Trainer`` runs th
 epoch. Each phase transition rebuilds the Adam optimizer over exactly the parameters that phase
 trains (and the DDP wrapper, which registers gradients at construction) and is logged once.
 The phase vocabulary and the training step live in ``model/training.py`` and are re-exported
-here (``trainer.training_step``, ``trainer.Phase``, ...).
+here (``trainer.training_step``, ``trainer.Phase``, ...); the run's checkpoint files in
+``model/run_checkpoints.py``, its CSV records and PSNR curve in ``data/run_records.py``.
 """
 import argparse
 import math
@@ -20,14 +21,14 @@ from tqdm import tqdm
 import utility
 from data import build_train_loader, build_train_set, epoch_seed
 from data.eval_set import EvalSet
-from data.plots import plot_curves
-from data.report import CsvTable
 from data.images import to_image, write_png
-from model.checkpoint import (load_weights, read_checkpoint, rng_states, save_checkpoint,
-                              set_rng_states)
+from data.metrics import mean_score, psnr, ssim
+from data.run_records import RunRecords
+from model.checkpoint import rng_states, set_rng_states
 from model.inference import bicubic_upscale, predict
-from model.parallel import ProcessGroup, any_process, barrier, check_in_sync, data_parallel_devices, wrap
+from model.parallel import ProcessGroup, any_process, barrier, data_parallel_devices, wrap
 from model.precision import Precision
+from model.run_checkpoints import RunCheckpoints
 from model.training import (ENCODER, FREEZE, JOINT, Phase, StepResult, build_phases,  # noqa: F401
                             make_optimizer, phase_of, phases_summary, set_trainable, training_step)
 
@@ -71,21 +72,17 @@ def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.devic
             outputs = {"": sr, "bicubic_": bicubic_upscale(lr, model.scale).cpu()} if with_bicubic else {"": sr}
             for prefix, image in outputs.items():
                 scores.setdefault(prefix + "psnr", []).append(
-                    utility.psnr(image, hr, crop_border=model.scale))
+                    psnr(image, hr, crop_border=model.scale))
                 scores.setdefault(prefix + "ssim", []).append(
-                    utility.ssim(image, hr, crop_border=model.scale))
+                    ssim(image, hr, crop_border=model.scale))
             if save_dir is not None:
                 write_png(Path(save_dir) / test_set.name / f"{item['name']}.png", to_image(sr))
-        results[test_set.name] = {key: utility.mean_score(values) for key, values in scores.items()}
+        results[test_set.name] = {key: mean_score(values) for key, values in scores.items()}
     model.train(was_training)
     return results
 
 
 # ----------------------------------------------------------------------------- the run
-PSNR_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
-LOSS_FIELDS = ("epoch", "iteration", "phase", "lr", "applied", "total", "contrastive")
-
-
 class Trainer:
     """Runs the phases epoch by epoch, validates after each epoch and keeps checkpoints.
 
@@ -107,6 +104,8 @@ class Trainer:
         self.device = device
         self.run_dir = Path(run_dir)
         self.group = group
+        self.checkpoints = RunCheckpoints(self.run_dir, vars(args), keep_epochs=args.save_models,
+                                          is_main=group.is_main)
         self.log = utility.get_logger()
         self.phases = build_phases(args)
         if args.patch_size < model.min_input_size:
@@ -125,9 +124,7 @@ class Trainer:
         self.stop: Optional[utility.StopSignals] = None
         self.best_psnr = -math.inf
         self.bad_steps = 0                      # consecutive steps with non-finite values
-        self.psnr_table = CsvTable(self.run_dir / "psnr.csv", PSNR_FIELDS)
-        self.loss_table = CsvTable(self.run_dir / "losses.csv",
-                                           LOSS_FIELDS + tuple(getattr(criterion, "names", ())))
+        self.records = RunRecords(self.run_dir, getattr(criterion, "names", ()))
 
     def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
         """CUDA devices for DataParallel (none under torchrun: one process per device)."""
@@ -153,68 +150,27 @@ class Trainer:
                       f"lr {phase.lr_at(phase.first):g}, {n_params:,} trainable parameters")
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_path(self, name: str) -> Path:
-        return self.run_dir / "checkpoint" / name
-
-    def weights_fields(self, epoch: int) -> Dict[str, object]:
-        """What every checkpoint of this run holds: enough for test.py to rebuild the model."""
-        return dict(model_name=self.model.name, scale=self.model.scale,
-                    model_kwargs=self.model.hparams, model=self.model.state_dict(), epoch=epoch,
-                    phase=self.phase.name, config=vars(self.args))
-
     def save(self, epoch: int, progress: Optional[Dict[str, object]] = None) -> None:
-        """last.pt after ``epoch`` finished epochs, or, with ``progress`` (its ``iteration``
-        and what the loop needs to go on), in the middle of epoch ``epoch + 1``. Every process
-        calls it (it checks they still hold the same model); rank 0 writes. Non-finite weights
-        are never written."""
-        moco = self.model.encoder
-        check_in_sync([*self.model.parameters(), moco.queue, moco.queue_ptr],
-                      "the model's parameters or MoCo queue")
-        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
-                   if t.is_floating_point()):
-            raise FloatingPointError(f"the weights are no longer finite after epoch {epoch}; "
-                                     f"nothing saved, {self.checkpoint_path('last.pt')} is the "
-                                     "last good state: lower the learning rate and --resume")
-        if not self.group.is_main:
-            return
-        fields = dict(self.weights_fields(epoch), optimizer=self.optimizer.state_dict(),
-                      scheduler=self.scheduler.state_dict(), progress=progress)
-        save_checkpoint(self.checkpoint_path("last.pt"), **fields)
-        if self.args.save_models and progress is None:
-            save_checkpoint(self.checkpoint_path(f"epoch_{epoch}.pt"), **fields)
+        """last.pt after ``epoch`` finished epochs, or mid-epoch with ``progress``
+        (``RunCheckpoints.save``; every process calls it, rank 0 writes)."""
+        self.checkpoints.save(self.model, self.phase, self.optimizer, self.scheduler, epoch, progress)
 
     def resume(self, which: int) -> None:
         """Continue from ``last.pt`` (``which`` -1) or ``epoch_<which>.pt``: weights, MoCo
         queue, optimizer, schedule and, for a checkpoint written mid-epoch, the iteration."""
-        name = "last.pt" if which == -1 else f"epoch_{which}.pt"
-        path = self.checkpoint_path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist (run without --resume, "
-                                    "or with --save_models to keep per-epoch checkpoints)")
-        state = read_checkpoint(path)
-        load_weights(self.model, state, label=str(path))
-        epoch, progress = state["epoch"], state.get("progress") or {}
-        iteration = progress.get("iteration", 0)
-        at = epoch + 1 if iteration else epoch           # the epoch the saved phase belongs to
-        phase = phase_of(self.phases, at) if at <= self.phases[-1].last else None
-        if phase is None or phase.name != state["phase"]:
-            raise ValueError(f"{path} was saved in epoch {at}, phase '{state['phase']}', but the "
-                             f"current options put epoch {at} in "
-                             f"'{phase.name if phase else 'no phase'}'; use the same "
-                             "--epochs_encoder/--epochs_sr/--freeze_epoch as the original run")
-        if iteration or (epoch < self.phases[-1].last and phase_of(self.phases, epoch + 1) is phase):
-            self.enter_phase(phase)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch, self.start_iteration, self.progress = epoch + 1, iteration, progress
-        if iteration:
-            self.precision.load_state_dict(progress.get("scaler") or {})
-            self.bad_steps = progress.get("bad_steps", 0)
-            set_rng_states(progress["rng"])
-        self.best_psnr = max((float(r["psnr"]) for r in self.psnr_table.read()
-                              if r["dataset"] == self.test_sets[0].name), default=-math.inf)
-        where = f"iteration {iteration} of epoch {epoch + 1}" if iteration else f"epoch {epoch}"
-        self.log.info(f"resumed {path} after {where}")
+        point = self.checkpoints.resume(which, self.model, self.phases)
+        if point.same_phase:
+            self.enter_phase(point.phase)
+            self.optimizer.load_state_dict(point.state["optimizer"])
+            self.scheduler.load_state_dict(point.state["scheduler"])
+        self.start_epoch, self.start_iteration = point.epoch + 1, point.iteration
+        self.progress = point.progress
+        if point.iteration:
+            self.precision.load_state_dict(point.progress.get("scaler") or {})
+            self.bad_steps = point.progress.get("bad_steps", 0)
+            set_rng_states(point.progress["rng"])
+        self.best_psnr = self.records.best_psnr(self.test_sets[0].name)
+        self.log.info(f"resumed {point.path} after {point.position}")
 
     # ------------------------------------------------------------------ loop
     def fit(self, stop: Optional[utility.StopSignals] = None) -> Dict[str, Dict[str, float]]:
@@ -223,8 +179,7 @@ class Trainer:
         end of the current iteration with a checkpoint (``utility.Preempted``)."""
         self.stop = stop
         if self.group.is_main:          # a run killed after writing these redoes that work
-            self.psnr_table.forget_after(self.start_epoch - 1)
-            self.loss_table.forget_after(self.start_epoch - 1, self.start_iteration)
+            self.records.forget_after(self.start_epoch - 1, self.start_iteration)
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
@@ -252,7 +207,7 @@ class Trainer:
     def preempted(self, where: str) -> utility.Preempted:
         number = (self.stop and self.stop.requested) or signal.SIGTERM
         return utility.Preempted(
-            f"stopped by {signal.Signals(number).name} {where}; {self.checkpoint_path('last.pt')} "
+            f"stopped by {signal.Signals(number).name} {where}; {self.checkpoints.path('last.pt')} "
             "holds everything to continue: run the same command with --resume", number)
 
     def train_epoch(self, epoch: int, start: int = 0, progress: Optional[dict] = None) -> None:
@@ -297,8 +252,7 @@ class Trainer:
         is logged and counted; after ``--max_bad_steps`` consecutive ones the run stops (the last
         checkpoint is intact)."""
         if self.group.is_main:
-            self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": self.phase.name,
-                                    "lr": lr, "applied": int(step.applied), **step.reported}])
+            self.records.write_step(epoch, iteration, self.phase, lr, step)
         if step.finite:             # applied, or an fp16 step the gradient scaler skipped
             self.bad_steps = 0
             return
@@ -309,7 +263,7 @@ class Trainer:
             raise FloatingPointError(
                 f"{self.bad_steps} steps in a row had a non-finite loss or gradients (epoch "
                 f"{epoch}, iteration {iteration}); training stopped, the last checkpoint in "
-                f"{self.run_dir / 'checkpoint'} is intact: lower the learning rate and --resume")
+                f"{self.checkpoints.folder} is intact: lower the learning rate and --resume")
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """Scores on the test sets (rank 0; the other processes wait and get {})."""
@@ -328,31 +282,18 @@ class Trainer:
         if any_process(bool(bad), self.device):
             raise FloatingPointError(f"validation after epoch {epoch} gave a non-finite PSNR on "
                                      f"{', '.join(bad) or 'rank 0'}: training diverged; nothing of "
-                                     f"this epoch was saved, {self.checkpoint_path('last.pt')} is "
+                                     f"this epoch was saved, {self.checkpoints.path('last.pt')} is "
                                      "the last good state: lower the learning rate and --resume")
         if not self.group.is_main:
             return metrics
         first = metrics[self.test_sets[0].name]["psnr"]
         if first > self.best_psnr:
             self.best_psnr = first
-            save_checkpoint(self.checkpoint_path("best.pt"), **self.weights_fields(epoch))
+            self.checkpoints.save_best(self.model, self.phase, epoch)
         for name, m in metrics.items():
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
                           f"SSIM {m['ssim']:.4f} (bicubic {m['bicubic_psnr']:.2f} dB, "
                           f"{m['bicubic_ssim']:.4f}); best {self.best_psnr:.2f} dB")
-        self.psnr_table.write([{"epoch": epoch, "phase": self.phase.name, "dataset": name,
-                                "psnr": f"{m['psnr']:.4f}", "ssim": f"{m['ssim']:.5f}",
-                                "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
-                               for name, m in metrics.items()])
-        self.plot_psnr()
+        self.records.write_validation(epoch, self.phase, metrics,
+                                      f"{self.model.name.upper()} x{self.model.scale}")
         return metrics
-
-    def plot_psnr(self) -> None:
-        """psnr.png: PSNR per epoch, one curve per test set."""
-        curves: Dict[str, List[float]] = {}
-        rows = self.psnr_table.read()
-        for row in rows:
-            curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
-        plot_curves(self.run_dir / "psnr.png", sorted({int(r["epoch"]) for r in rows}), curves,
-                            xlabel="epoch", ylabel="PSNR (dB)",
-                            title=f"{self.model.name.upper()} x{self.model.scale}")

@@ -1,5 +1,4 @@
-"""Tables and figures of evaluation results: ``trainer.evaluate``'s scores of ``EvalSet``s, and
-the CSV tables of a training run (``CsvTable``: psnr.csv, losses.csv).
+"""Tables and figures of evaluation results: ``trainer.evaluate``'s scores of ``EvalSet``s.
 
 A table has a row per setting and a column per dataset (``results.md``, ``.csv``, ``.json``). The
 figures are PSNR per setting (one curve per dataset) and, per chosen image, crops of bicubic
@@ -8,7 +7,7 @@ upscaling | SR | HR for every setting, drawn from the SR images ``evaluate(save_
 import csv
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,6 +15,7 @@ import utility
 from data import plots
 from data.eval_set import EvalSet
 from data.images import read_image, to_image, to_tensor
+from data.metrics import psnr
 from data.setting import Setting
 from model.inference import bicubic_upscale
 
@@ -121,8 +121,8 @@ def _comparison_row(eval_set: EvalSet, index: int, sr_dir: Path, crop: Optional[
         size = min(FIGURE_CROP, *hr.shape[:2])
         top, left = busiest_window(hr, size)
         crop = (slice(top, top + size), slice(left, left + size))
-    titles = [f"bicubic {utility.psnr(bicubic, hr, crop_border=scale):.2f} dB",
-              f"SR {utility.psnr(sr, hr, crop_border=scale):.2f} dB", "HR"]
+    titles = [f"bicubic {psnr(bicubic, hr, crop_border=scale):.2f} dB",
+              f"SR {psnr(sr, hr, crop_border=scale):.2f} dB", "HR"]
     return [bicubic[crop], sr[crop], hr[crop]], titles, crop
 
 
@@ -158,46 +158,3 @@ def plot_set_comparison(path: Path, eval_set: EvalSet, sr_dir: Path, max_images:
     plots.plot_image_grid(path, [r[0] for r in rows], [r[1] for r in rows],
                             row_labels=eval_set.image_names()[:len(rows)])
     return Path(path)
-
-
-class CsvTable:
-    """A CSV file of one row per record with fixed ``fields`` (psnr.csv, losses.csv); rows of
-    an ``epoch`` (and ``iteration``) can be dropped when a resumed run redoes them."""
-
-    def __init__(self, path: Union[str, Path], fields: Sequence[str]) -> None:
-        self.path = Path(path)
-        self.fields = tuple(fields)
-
-    def read(self) -> List[Dict[str, str]]:
-        """The rows, as strings; [] when there is no table yet."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
-        new = mode == "w" or not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(self.path, mode, newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
-        except OSError as error:                # a full disk's error does not name the file
-            raise OSError(f"cannot write {self.path} ({error.strerror or error})") from error
-
-    def forget_after(self, epoch: int, iteration: int = 0) -> None:
-        """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but
-        before its checkpoint redoes that work on resume and must record it once. Rows without
-        an iteration column count as the end of their epoch."""
-        def done(row: Dict[str, str]) -> bool:
-            row_epoch = int(row["epoch"])
-            if "iteration" not in row or not iteration:
-                return row_epoch <= epoch
-            return row_epoch < epoch + 1 or (row_epoch == epoch + 1 and int(row["iteration"]) <= iteration)
-
-        rows = self.read()
-        kept = [row for row in rows if done(row)]
-        if len(kept) < len(rows):
-            self.write(kept, mode="w")

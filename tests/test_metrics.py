@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utility import psnr, ssim
+from data.metrics import psnr, ssim
 
 
 def test_identical_images_give_inf_not_a_crash():

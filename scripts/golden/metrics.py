@@ -1,4 +1,4 @@
-"""``utility.psnr`` / ``utility.ssim`` against the authors' metric values (golden ``metrics.json``).
+"""``data.metrics.psnr`` / ``ssim`` against the authors' metric values (golden ``metrics.json``).
 
 Each recorded value that our one metric convention can express is checked; the rest (DASR's
 SSIM, whose Y is scaled by 256/255) are not ours to reproduce and are left out. Scale ``s`` is
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utility import psnr, ssim
+from data.metrics import psnr, ssim
 
 from .common import GoldenResult, compare_abs
 

@@ -1,0 +1,104 @@
+"""The records of a training run: ``psnr.csv`` (validation scores per epoch and test set), its
+figure ``psnr.png``, and ``losses.csv`` (the global batch's losses of every iteration).
+
+Each CSV file is a ``CsvTable``; a resumed run first drops the rows it is about to redo
+(``RunRecords.forget_after``), so every epoch and iteration is recorded once.
+"""
+import csv
+import math
+from pathlib import Path
+from typing import Dict, List, Sequence, Union
+
+from data.plots import plot_curves
+from model.training import Phase, StepResult
+
+PSNR_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
+LOSS_FIELDS = ("epoch", "iteration", "phase", "lr", "applied", "total", "contrastive")
+
+
+class CsvTable:
+    """A CSV file of one row per record with fixed ``fields`` (psnr.csv, losses.csv); rows of
+    an ``epoch`` (and ``iteration``) can be dropped when a resumed run redoes them."""
+
+    def __init__(self, path: Union[str, Path], fields: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.fields = tuple(fields)
+
+    def read(self) -> List[Dict[str, str]]:
+        """The rows, as strings; [] when there is no table yet."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
+        new = mode == "w" or not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self.path, mode, newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+        except OSError as error:                # a full disk's error does not name the file
+            raise OSError(f"cannot write {self.path} ({error.strerror or error})") from error
+
+    def forget_after(self, epoch: int, iteration: int = 0) -> None:
+        """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but
+        before its checkpoint redoes that work on resume and must record it once. Rows without
+        an iteration column count as the end of their epoch."""
+        def done(row: Dict[str, str]) -> bool:
+            row_epoch = int(row["epoch"])
+            if "iteration" not in row or not iteration:
+                return row_epoch <= epoch
+            return row_epoch < epoch + 1 or (row_epoch == epoch + 1 and int(row["iteration"]) <= iteration)
+
+        rows = self.read()
+        kept = [row for row in rows if done(row)]
+        if len(kept) < len(rows):
+            self.write(kept, mode="w")
+
+
+class RunRecords:
+    """psnr.csv, psnr.png and losses.csv in ``run_dir``; ``loss_names``: the criterion's loss
+    terms, extra columns of losses.csv."""
+
+    def __init__(self, run_dir: Union[str, Path], loss_names: Sequence[str] = ()) -> None:
+        self.run_dir = Path(run_dir)
+        self.psnr_table = CsvTable(self.run_dir / "psnr.csv", PSNR_FIELDS)
+        self.loss_table = CsvTable(self.run_dir / "losses.csv", LOSS_FIELDS + tuple(loss_names))
+
+    def forget_after(self, epoch: int, iteration: int = 0) -> None:
+        """Drop what was recorded after ``epoch`` finished epochs and ``iteration`` iterations
+        of the next (``CsvTable.forget_after``)."""
+        self.psnr_table.forget_after(epoch)
+        self.loss_table.forget_after(epoch, iteration)
+
+    def best_psnr(self, dataset: str) -> float:
+        """The best validation PSNR recorded on ``dataset`` (-inf before any)."""
+        return max((float(r["psnr"]) for r in self.psnr_table.read() if r["dataset"] == dataset),
+                   default=-math.inf)
+
+    def write_step(self, epoch: int, iteration: int, phase: Phase, lr: float, step: StepResult) -> None:
+        """The losses.csv row of one training step."""
+        self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": phase.name,
+                                "lr": lr, "applied": int(step.applied), **step.reported}])
+
+    def write_validation(self, epoch: int, phase: Phase, metrics: Dict[str, Dict[str, float]],
+                         title: str) -> None:
+        """The psnr.csv rows of the scores after ``epoch`` (``{test set: {"psnr", "ssim",
+        "bicubic_psnr", ...}}``), then psnr.png redrawn with ``title``."""
+        self.psnr_table.write([{"epoch": epoch, "phase": phase.name, "dataset": name,
+                                "psnr": f"{m['psnr']:.4f}", "ssim": f"{m['ssim']:.5f}",
+                                "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
+                               for name, m in metrics.items()])
+        self.plot_psnr(title)
+
+    def plot_psnr(self, title: str) -> None:
+        """psnr.png: PSNR per epoch, one curve per test set."""
+        curves: Dict[str, List[float]] = {}
+        rows = self.psnr_table.read()
+        for row in rows:
+            curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
+        plot_curves(self.run_dir / "psnr.png", sorted({int(r["epoch"]) for r in rows}), curves,
+                    xlabel="epoch", ylabel="PSNR (dB)", title=title)
