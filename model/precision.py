@@ -19,7 +19,7 @@ log = logging.getLogger("cdsr.model")  # a child of the run's logger
 def cpu_has_kernels(dtype: torch.dtype) -> bool:
     """Whether this CPU has native ``dtype`` (bfloat16 / float16) kernels in oneDNN. Without
     them autocast falls back to PyTorch's reference convolution: a bfloat16 eval forward ran
-    100-300x slower than float32 on such a CPU (README, "Speed and memory")."""
+    30-300x slower than float32 on such a CPU (README, "Testing", own images)."""
     if dtype == torch.bfloat16:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.ops.mkldnn._is_mkldnn_fp16_supported()
