@@ -66,9 +66,8 @@ class RunCheckpoints:
              progress: Optional[Dict[str, object]] = None) -> None:
         """last.pt (and epoch_<epoch>.pt with ``keep_epochs``) after ``epoch`` finished epochs,
         or, with ``progress`` (its ``iteration`` and what the loop needs to go on), last.pt in
-        the middle of epoch ``epoch + 1``. Every process
-        calls it (it checks they still hold the same model); the main process writes.
-        Non-finite weights are never written."""
+        the middle of epoch ``epoch + 1``. Every process calls it (it checks they still hold
+        the same model); the main process writes. Non-finite weights are never written."""
         moco = model.encoder
         check_in_sync([*model.parameters(), moco.queue, moco.queue_ptr],
                       "the model's parameters or MoCo queue")
