@@ -21,7 +21,7 @@ from trainer import Trainer, evaluate, inference_policy, phases_summary
 
 def report(metrics, seconds: float) -> None:
     for name, m in metrics.items():
-        print(f"{name}: PSNR {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}; bicubic upscaling of the "
+        print(f"{name}: PSNR {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}; bicubic (MATLAB) upscaling of the "
               f"same LR: {m['bicubic_psnr']:.2f} dB / {m['bicubic_ssim']:.4f} ({seconds / 60:.1f} min)")
 
 

@@ -25,7 +25,8 @@ from data.images import to_image, write_png
 from data.metrics import mean_score, psnr, ssim
 from data.run_records import RunRecords
 from model.checkpoint import rng_states, set_rng_states
-from model.inference import bicubic_upscale, predict
+from data.resize import bicubic_upscale
+from model.inference import predict
 from model.parallel import ProcessGroup, any_process, barrier, data_parallel_devices, wrap
 from model.precision import Precision
 from model.run_checkpoints import RunCheckpoints
@@ -292,7 +293,7 @@ class Trainer:
             self.checkpoints.save_best(self.model, self.phase, epoch)
         for name, m in metrics.items():
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
-                          f"SSIM {m['ssim']:.4f} (bicubic {m['bicubic_psnr']:.2f} dB, "
+                          f"SSIM {m['ssim']:.4f} (bicubic (MATLAB) {m['bicubic_psnr']:.2f} dB, "
                           f"{m['bicubic_ssim']:.4f}); best {self.best_psnr:.2f} dB")
         self.records.write_validation(epoch, self.phase, metrics,
                                       f"{self.model.name.upper()} x{self.model.scale}")

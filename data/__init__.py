@@ -1,6 +1,7 @@
 """Data builders: the only place in ``data/`` that reads command-line options."""
 import argparse
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -39,6 +40,28 @@ def training_folders(args: argparse.Namespace) -> List[Path]:
     return folders
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_count(requested: int) -> int:
+    """``--n_threads`` capped to ``available_cpus()``: more worker processes than CPUs only
+    compete (PyTorch's DataLoader warns), and the data stream does not depend on the count.
+    The cap is said once per process."""
+    available = available_cpus()
+    if requested <= available:
+        return requested
+    if requested not in _CAPPED:
+        _CAPPED.add(requested)
+        log.info(f"--n_threads {requested}: {available} data-loading worker processes, one per "
+                 "available CPU (the batches do not depend on the count)")
+    return available
+
+
+_CAPPED: set = set()
+
+
 def build_train_set(args: argparse.Namespace, full_check: bool = True) -> PatchPairs:
     """Pairs of HR patches (``patch_size * scale``) from ``--data_train`` or the sample photos,
     each with its own draw of the training degradation; ``test_every * batch_size`` items per
@@ -56,9 +79,10 @@ def build_train_set(args: argparse.Namespace, full_check: bool = True) -> PatchP
         photos = training_photos()
         return PatchPairs(list(photos.values()), names=list(photos), **common)
     folders = training_folders(args)
+    workers = worker_count(args.n_threads)
     if args.data_cache is None:
-        return PatchPairs(folder_sources(folders, args.n_threads, full_check), **common)
-    return PatchPairs(store_sources(folders, Path(args.data_cache), workers=args.n_threads), **common)
+        return PatchPairs(folder_sources(folders, workers, full_check), **common)
+    return PatchPairs(store_sources(folders, Path(args.data_cache), workers=workers), **common)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -76,7 +100,7 @@ def build_train_loader(args: argparse.Namespace, dataset: PatchPairs, seed: int,
     dataset.set_seed(seed)
     sampler = GlobalBatchSampler(len(dataset), args.batch_size, seed, rank=rank,
                                  world_size=world_size, start=start)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=args.n_threads,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=worker_count(args.n_threads),
                       pin_memory=torch.cuda.is_available() and not args.cpu,
                       worker_init_fn=_leave_stop_signals_to_the_trainer)
 

@@ -16,8 +16,8 @@ from data import plots
 from data.eval_set import EvalSet
 from data.images import read_image, to_image, to_tensor
 from data.metrics import psnr
+from data.resize import bicubic_upscale
 from data.setting import Setting
-from model.inference import bicubic_upscale
 
 FIGURE_CROP = 128    # HR side of the crops in the comparison figures
 Metrics = Dict[str, float]
@@ -49,7 +49,7 @@ def write_tables(run_dir: Path, sets: Sequence[EvalSet], results: Dict[str, Metr
     the markdown. ``results`` must come from ``evaluate(..., with_bicubic=True)``."""
     table = by_setting(sets, results)
     text = "\n".join([f"# {title}", "", *notes, "", markdown_table(table), "",
-                      "Bicubic upscaling of the same LR:", "", markdown_table(table, "bicubic_"), ""])
+                      "Bicubic (MATLAB) upscaling of the same LR:", "", markdown_table(table, "bicubic_"), ""])
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "results.md").write_text(text)
     with open(Path(run_dir) / "results.csv", "w", newline="") as f:
@@ -121,7 +121,7 @@ def _comparison_row(eval_set: EvalSet, index: int, sr_dir: Path, crop: Optional[
         size = min(FIGURE_CROP, *hr.shape[:2])
         top, left = busiest_window(hr, size)
         crop = (slice(top, top + size), slice(left, left + size))
-    titles = [f"bicubic {psnr(bicubic, hr, crop_border=scale):.2f} dB",
+    titles = [f"bicubic (MATLAB) {psnr(bicubic, hr, crop_border=scale):.2f} dB",
               f"SR {psnr(sr, hr, crop_border=scale):.2f} dB", "HR"]
     return [bicubic[crop], sr[crop], hr[crop]], titles, crop
 

@@ -1,4 +1,4 @@
-"""Integer-factor downsampling: MATLAB-style antialiased bicubic and direct decimation.
+"""Integer-factor resizing: MATLAB-style bicubic down- and upscaling, and direct decimation.
 
 ``bicubic_downsample`` is MATLAB ``imresize(x, 1/s, 'bicubic')`` (a = -0.5, kernel widened to
 4*s taps for antialiasing, weights normalised), computed separably, rows first then columns, as
@@ -12,6 +12,11 @@ a weighted gather-and-sum in the input's dtype. Two border rules:
 
 LR pixel ``i`` is centred on HR coordinate ``s*i + (s-1)/2`` (0-based). Output size is
 ``floor(H/s) x floor(W/s)``.
+
+``bicubic_upscale`` is MATLAB ``imresize(x, s, 'bicubic')``: the same cubic (a = -0.5) without
+widening, 4 taps per output pixel, MATLAB's mirrored borders. It is the "Bicubic" row of the
+SR papers (EDSR, RCAN, DASR Table 2 at sigma 0), and the baseline every result here is printed
+beside.
 """
 import torch
 from torch import Tensor
@@ -52,9 +57,32 @@ def bicubic_taps(in_size: int, scale: int, border: str = "clamp") -> tuple[Tenso
     if border == "clamp":
         indices = indices.clamp(0, in_size - 1)
     else:
-        period = torch.cat([torch.arange(in_size), torch.arange(in_size - 1, -1, -1)])
-        indices = period[indices % (2 * in_size)]
+        indices = _mirrored(indices, in_size)
     return weights, indices
+
+
+def _mirrored(indices: Tensor, size: int) -> Tensor:
+    """MATLAB's symmetric border: indices of ``[0..n-1, n-1..0]`` repeated."""
+    period = torch.cat([torch.arange(size), torch.arange(size - 1, -1, -1)])
+    return period[indices % (2 * size)]
+
+
+def upscale_taps(in_size: int, scale: int) -> tuple[Tensor, Tensor]:
+    """Weights and source indices of MATLAB's x``scale`` bicubic upscaling along one axis.
+
+    -> weights (scale*in_size, P) float64 rows summing to 1, indices (scale*in_size, P) int64
+    in [0, in_size), mirrored at the borders. HR pixel ``j`` (0-based) reads the LR around
+    ``(j + 0.5) / scale - 0.5``.
+    """
+    if scale < 1 or in_size < 1:
+        raise ValueError(f"cannot upscale {in_size} pixels by {scale}")
+    position = torch.arange(1, in_size * scale + 1, dtype=torch.float64)          # 1-based HR
+    centre = position / scale + 0.5 * (1 - 1 / scale)                              # 1-based LR
+    indices = torch.floor(centre - 2)[:, None] + torch.arange(6, dtype=torch.float64)
+    weights = _cubic(centre[:, None] - indices)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    used = (weights != 0).any(dim=0)
+    return weights[:, used], _mirrored(indices[:, used].long() - 1, in_size)
 
 
 def _resize_rows(x: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
@@ -72,6 +100,15 @@ def bicubic_downsample(x: Tensor, scale: int, border: str = "clamp") -> Tensor:
     weights, indices = bicubic_taps(x.shape[-2], scale, border)
     x = _resize_rows(x, weights, indices)
     weights, indices = bicubic_taps(x.shape[-1], scale, border)
+    return _resize_rows(x.transpose(-1, -2), weights, indices).transpose(-1, -2)
+
+
+def bicubic_upscale(x: Tensor, scale: int) -> Tensor:
+    """MATLAB ``imresize(x, scale, 'bicubic')``: x (..., h, w) float, any range ->
+    (..., s*h, s*w), same dtype and device, not rounded or clamped."""
+    weights, indices = upscale_taps(x.shape[-2], scale)
+    x = _resize_rows(x, weights, indices)
+    weights, indices = upscale_taps(x.shape[-1], scale)
     return _resize_rows(x.transpose(-1, -2), weights, indices).transpose(-1, -2)
 
 

@@ -6,8 +6,10 @@ state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs
 everything in it must load with ``weights_only=True`` (tensors, numbers, strings, lists, dicts).
 
 ``load_weights`` and ``load_model`` also take the authors' raw state dicts (their key map and
-model inference: ``model/authors_format.py``, whose public names are re-exported here).
+model inference: ``model/authors_format.py``, whose public names are re-exported here), and
+state dicts saved from a wrapped model (``module.``, ``_orig_mod.`` key prefixes, removed on read).
 """
+import logging
 import os
 import pickle
 import random
@@ -29,7 +31,8 @@ from .authors_format import (authors_constants, authors_to_ours, map_authors_key
                              ours_to_authors)
 
 __all__ = ["FORMAT", "OUR_FIELDS", "CheckpointError", "detect_format", "describe", "atomic_torch_save",
-           "save_checkpoint", "read_checkpoint", "load_state_strict", "checkpoint_identity", "load_weights",
+           "save_checkpoint", "read_checkpoint", "strip_wrapper_prefixes", "load_state_strict",
+           "checkpoint_identity", "load_weights",
            "load_model", "authors_constants", "authors_to_ours", "map_authors_key", "map_our_key",
            "ours_to_authors", "infer_authors_model"]
 
@@ -38,7 +41,9 @@ OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch",
               "model_kwargs", "progress")
 _REQUIRED_FIELDS = ("model_name", "scale", "model")
 _QUERY_ENCODER = "encoder.query_encoder."
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DataParallel / DDP, torch.compile
 Source = Union[str, os.PathLike, dict]
+log = logging.getLogger("cdsr.model")  # a child of the run's logger
 
 
 def detect_format(obj: Any) -> str:
@@ -55,6 +60,32 @@ def detect_format(obj: Any) -> str:
     raise CheckpointError("not a recognised checkpoint: expected our format "
                           f"({{'format': {FORMAT!r}, ...}}) or an authors' state dict "
                           "(tensors under keys starting with 'G.' / 'E.')")
+
+
+def strip_wrapper_prefixes(checkpoint: Any, label: str = "checkpoint") -> Any:
+    """``checkpoint`` (ours, or an authors' state dict) with the key prefixes of a wrapper
+    removed when every weight key carries one: ``module.`` (a state dict saved from DataParallel
+    or DDP), ``_orig_mod.`` (from ``torch.compile``), or both nested. Said once in the log;
+    anything else is returned unchanged."""
+    ours = isinstance(checkpoint, dict) and "format" in checkpoint
+    state = checkpoint.get("model") if ours else checkpoint
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) for k in state)):
+        return checkpoint
+    stripped, removed = {}, []
+    for key, value in state.items():
+        bare = key
+        while bare.startswith(WRAPPER_PREFIXES):
+            prefix = next(p for p in WRAPPER_PREFIXES if bare.startswith(p))
+            removed.append(prefix)
+            bare = bare[len(prefix):]
+        if bare == key:
+            return checkpoint                         # not every key is wrapped: leave it
+        stripped[bare] = value
+    if len(stripped) != len(state):
+        return checkpoint
+    log.info(f"{label}: removed the key prefix {' and '.join(map(repr, dict.fromkeys(removed)))} of "
+             "a DataParallel/DDP or compiled model from every weight")
+    return {**checkpoint, "model": stripped} if ours else stripped
 
 
 def describe(model_name: str, scale: int) -> str:
@@ -133,7 +164,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files
         if isinstance(error, pickle.UnpicklingError):
             reason = ("it is corrupt, or it pickles Python objects besides tensors, which are "
@@ -143,6 +174,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             reason = "it is empty, truncated or corrupt" + (f" ({detail})" if detail else "")
         raise CheckpointError(f"cannot read checkpoint {path} ({type(error).__name__}): {reason}; "
                               "pass a file saved by this project or a plain state dict") from error
+    return strip_wrapper_prefixes(checkpoint, str(path))
 
 
 def _fill_momentum_state(model: nn.Module, state: dict) -> dict:
@@ -198,7 +230,7 @@ def _opened(source: Source) -> tuple[dict, str]:
     """(the loaded checkpoint, its label for messages) of a path or an already loaded one."""
     if isinstance(source, (str, os.PathLike)):
         return read_checkpoint(source), str(source)
-    return source, "checkpoint"
+    return strip_wrapper_prefixes(source), "checkpoint"
 
 
 def checkpoint_identity(checkpoint: dict, label: str = "checkpoint") -> tuple[str, str, int]:

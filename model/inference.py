@@ -143,9 +143,11 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
     of context. global_stats: models whose SR network pools over the whole image (CDSR's DQA)
     keep the whole-image statistics (``model.super_resolve_tiled``); models without such pooling
     (DASR) are already exact with enough overlap. ensemble: the x8 self-ensemble wraps whichever
-    forward is used. Runs in true float32 on CUDA (``full_float32``), or with ``bf16`` under
-    bfloat16 autocast (faster, less memory; not for scoring: see README, "Own images"); the
-    result is float32 either way.
+    forward is used. Runs without autograd (``torch.inference_mode``: nothing of a tile outlives
+    it, so tiling bounds memory), in true float32 on CUDA (``full_float32``) or in the model's
+    dtype (a float64 model on a float64 input is a float64 reference run), or with ``bf16``
+    under bfloat16 autocast (faster, less memory; not for scoring: see README, "Own images").
+    Returns ``lr``'s dtype (float32 under ``bf16``).
     """
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tile is None or max(x.shape[-2:]) <= tile:
@@ -157,14 +159,9 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
 
     arithmetic = (torch.autocast(lr.device.type, dtype=torch.bfloat16) if bf16
                   else full_float32())
-    with arithmetic:
+    with torch.inference_mode(), arithmetic:
         sr = self_ensemble(forward, lr) if ensemble else forward(lr)
-    return sr.float()
-
-
-def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B,3,h,w) -> (B,3,s*h,s*w) plain bicubic (a = -0.75), the baseline every SR must beat."""
-    return nn.functional.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    return sr.float() if bf16 else sr.to(lr.dtype)
 
 
 def describe_policy(policy: dict) -> str:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import utility  # noqa: E402
 
 Cells = Dict[str, Dict[str, Dict[str, float]]]   # row -> dataset -> {"psnr", "ssim"}
-BICUBIC = "bicubic"
+BICUBIC = "Bicubic (MATLAB)"
 
 
 def gather(run_dirs: List[Path]) -> tuple[Cells, Dict[str, str]]:

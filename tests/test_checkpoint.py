@@ -241,6 +241,29 @@ def test_load_model_reads_the_authors_files_and_checks_what_was_asked(tmp_path):
         load_model(path, scale=4)
 
 
+def test_state_dicts_of_wrapped_models_load_with_their_prefixes_removed(tmp_path, caplog):
+    """torch.save(nn.DataParallel(net).state_dict()) of the authors' model ('module.'), a compiled
+    model of ours ('_orig_mod.'), and both nested: loaded as the bare model, and said."""
+    torch.manual_seed(0)
+    paper = model.build_model("dasr", scale=2)
+    authors = ours_to_authors(paper.state_dict(), "dasr")
+    torch.save({f"module.{k}": v for k, v in authors.items()}, tmp_path / "parallel.pt")
+    with caplog.at_level("INFO", logger="cdsr"):
+        assert torch.equal(sr_of(paper), sr_of(load_model(tmp_path / "parallel.pt")))
+    assert "removed the key prefix 'module.'" in caplog.text and "parallel.pt" in caplog.text
+    source = trained_a_little("cdsr")
+    compiled = {f"module._orig_mod.{k}": v for k, v in source.state_dict().items()}
+    save_checkpoint(tmp_path / "compiled.pt", model_name="cdsr", scale=2, model=compiled)
+    target = tiny("cdsr", seed=1)
+    assert load_weights(target, tmp_path / "compiled.pt") == "ours"
+    assert torch.equal(sr_of(source), sr_of(target))
+    assert load_weights(tiny("cdsr", seed=1), our_checkpoint(source) | {"model": compiled}) == "ours"
+    partly = dict(source.state_dict())
+    partly["module.extra"] = partly.pop("generator.first_conv.weight")
+    with pytest.raises(CheckpointError, match="module.extra"):     # not a wrapper's: named
+        load_weights(tiny("cdsr"), our_checkpoint(source) | {"model": partly})
+
+
 def test_save_checkpoint_takes_the_model_names_of_the_registry(tmp_path):
     with pytest.raises(ValueError, match=r"unknown model 'CDRS'; choose one of: cdsr, cdsr-dasr-encoder, .*, dasr"):
         save_checkpoint(tmp_path / "x.pt", model_name="CDRS", scale=2, model={})

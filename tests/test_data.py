@@ -71,6 +71,24 @@ def test_loader_is_seeded(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+def test_more_workers_than_cpus_are_capped_and_said_once(tmp_path, caplog):
+    """The authors' recipes ask for 4 workers; on a 2-CPU machine PyTorch warned twice per run."""
+    import warnings
+    import data
+    write_noise_images(tmp_path / "T", [(60, 60)])
+    many = data.available_cpus() + 3
+    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
+                             f"--batch_size 2 --test_every 1 --n_threads {many} --queue_size 8".split())
+    with caplog.at_level("INFO", logger="cdsr"):
+        loader = build_train_loader(args, build_train_set(args), seed=1)
+        build_train_loader(args, build_train_set(args), seed=2)
+    assert loader.num_workers == data.available_cpus()
+    assert caplog.text.count(f"--n_threads {many}: {data.available_cpus()} data-loading") == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.check_worker_number_rationality()
+
+
 def test_sample_photos_come_from_the_installed_packages():
     train, held_out = training_photos(), held_out_photos()
     assert len(train) >= 8 and len(held_out) == 2

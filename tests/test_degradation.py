@@ -1,13 +1,14 @@
 """Behaviour of the degradation building blocks and of the two training/evaluation entry points."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from data import kernels as K
 from data.degradation import make_fixed_degradation, make_training_degradation
 from data.degradation_ops import blur
-from data.resize import bicubic_downsample, bicubic_taps, decimate
+from data.resize import bicubic_downsample, bicubic_taps, bicubic_upscale, decimate
 from data.spatially_variant import spatially_variant_blur, sv_kernel_params, sv_kernels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -98,6 +99,27 @@ def test_bicubic_mirror_differs_from_clamp_only_at_the_border():
     weights, indices = bicubic_taps(48, 3, "mirror")
     torch.testing.assert_close(weights.sum(1), torch.ones(16))
     assert indices.min() >= 0 and indices.max() < 48
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_upscale_is_matlabs(scale):
+    """MATLAB imresize(x, s, 'bicubic'): inside, PIL's a = -0.5 bicubic (an independent
+    implementation; its borders renormalise instead of mirroring); at the borders, the
+    upscale of the image mirrored by 3 pixels (MATLAB's symmetric indices)."""
+    from PIL import Image
+    x = torch.rand(13, 17, generator=torch.Generator().manual_seed(scale), dtype=torch.float64) * 255
+    y = bicubic_upscale(x[None, None], scale)[0, 0]
+    assert y.shape == (13 * scale, 17 * scale) and y.dtype == torch.float64
+    pil = torch.from_numpy(np.array(Image.fromarray(x.float().numpy(), mode="F").resize(
+        (17 * scale, 13 * scale), Image.BICUBIC))).double()
+    inner = slice(2 * scale, -2 * scale)
+    assert (y - pil)[inner, inner].abs().max() < 1e-4
+    assert (y - pil).abs().max() > 1                            # the borders do differ
+    padded = torch.from_numpy(np.pad(x.numpy(), 3, mode="symmetric"))
+    border = 3 * scale
+    assert torch.allclose(bicubic_upscale(padded[None, None], scale)[0, 0, border:-border, border:-border], y)
+    constant = torch.full((1, 3, 5, 7), 42.0)
+    assert torch.allclose(bicubic_upscale(constant, scale), torch.full((1, 3, 5 * scale, 7 * scale), 42.0))
 
 
 def test_blur_with_delta_is_identity_and_stride_equals_decimation():

@@ -159,3 +159,33 @@ def test_inference_runs_in_true_float32_and_restores_the_flags():
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("name", ["dasr", "cdsr"])
+def test_predict_keeps_a_float64_model_in_float64(name):
+    model, x = tiny(name, scale=2).double(), lr_image(24, 26, seed=8).double()
+    with torch.no_grad():
+        reference = model(x)
+    out = predict(model, x)
+    assert out.dtype == torch.float64 and torch.equal(out, reference)
+    assert predict(model.float(), x.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["dasr", "cdsr"])
+def test_tiled_prediction_memory_is_bounded_by_the_tile_even_with_autograd_on(name):
+    """test.py --input calls predict outside any no_grad: nothing of a tile may outlive it, so
+    an image 8 tiles wide peaks about where one 2 tiles wide does (plus the larger input and
+    output). With autograd on, every tile's activations stayed alive: 6x more here."""
+    from scripts.measure import cpu_peak_bytes
+    model = tiny(name, scale=2)
+
+    def peak(width: int) -> float:
+        x = lr_image(32, width, seed=9)
+        with torch.enable_grad():
+            out = predict(model, x, tile=32, overlap=8)
+            assert out.grad_fn is None and not out.requires_grad
+            return cpu_peak_bytes(lambda: predict(model, x, tile=32, overlap=8))
+
+    narrow, wide = peak(64), peak(256)
+    grown_images = (256 - 64) * 32 * 3 * 4 * (1 + 2 * 2)        # float32 input + x2 output
+    assert wide - narrow <= 3 * grown_images, (narrow, wide)

@@ -86,6 +86,19 @@ def test_every_protocol_scores_into_a_table(workspace, monkeypatch, protocol, ch
     assert "| setting | Toy |" in table and all(f"| {label} |" in table for label in labels)
 
 
+@pytest.mark.parametrize("scale, paper", [(2, 33.66), (3, 30.39), (4, 28.42)])
+def test_bicubic_column_is_the_papers_bicubic_row(benchmark_dir, tmp_path, monkeypatch, scale, paper):
+    """EDSR / RCAN / DASR Table 2 (sigma 0) print MATLAB bicubic upscaling of MATLAB-made LR on
+    Set5 (Y, border = scale); the protocol's LR differs from MATLAB's only at the border rows."""
+    checkpoint = make_checkpoint(tmp_path / "dasr.pt", "dasr", scale)
+    monkeypatch.chdir(tmp_path)
+    entry.main(["--pre_train", str(checkpoint), "--protocol", "dasr-iso", "--test_path",
+                str(benchmark_dir), "--data_test", "Set5", "--save", "bicubic", "--cpu"])
+    results = json.loads((tmp_path / "experiment/bicubic/results.json").read_text())["results"]
+    assert abs(results["sig0.0"]["Set5"]["bicubic_psnr"] - paper) <= 0.03
+    assert "Bicubic (MATLAB)" in (tmp_path / "experiment/bicubic/results.md").read_text()
+
+
 def test_noisy_settings_read_from_testsets_equal_the_on_the_fly_ones(workspace, monkeypatch):
     write_testset("cdsr", workspace["bench"] / "Toy" / "HR", "Toy", 4, workspace["root"] / "sets")
     fly = protocol_run(workspace, monkeypatch, "cdsr", "fly", "--protocol_noise", "15")

@@ -260,11 +260,11 @@ def test_ablation_table_gathers_test_py_runs(tmp_path, monkeypatch):
     from scripts import ablation_table
     ablation_table.main([*runs, "--out", "experiment/table"])
     table = json.loads((tmp_path / "experiment/table/ablation.json").read_text())["results"]
-    assert set(table) == {"cdsr-no-csc", "dasr", "bicubic"} and set(table["dasr"]) == {"photos"}
+    assert set(table) == {"cdsr-no-csc", "dasr", "Bicubic (MATLAB)"} and set(table["dasr"]) == {"photos"}
     single = json.loads((tmp_path / "experiment/dasr_photos/results.json").read_text())["results"]
     assert table["dasr"]["photos"]["psnr"] == next(iter(single.values()))["photos"]["psnr"]
     markdown = (tmp_path / "experiment/table/ablation.md").read_text().splitlines()
-    assert markdown[2].startswith("| model | photos |") and markdown[-1].startswith("| bicubic |")
+    assert markdown[2].startswith("| model | photos |") and markdown[-1].startswith("| Bicubic (MATLAB) |")
     with open(tmp_path / "experiment/table/ablation.csv") as f:
         assert len(list(csv.reader(f))) == 1 + 3
 
