@@ -2,6 +2,7 @@
 
 One process per device: ``torchrun --nproc_per_node N main.py ...`` (see README, 'Several GPUs').
 """
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -48,7 +49,22 @@ def show(model, test_sets, device, args, run_dir) -> None:
     print(f"bicubic | SR | HR crops: {', '.join(str(path) for path in figures)}")
 
 
+def run_test_py(argv) -> None:
+    """``main.py --test_only ...`` (EDSR's habit): score as ``test.py`` does, without the
+    training flags (said once)."""
+    arguments, dropped = option.test_command(argv)
+    if dropped:
+        utility.setup_logging().info(f"--test_only: ignoring the training flags {' '.join(dropped)}")
+    spec = importlib.util.spec_from_file_location("test_py", Path(__file__).with_name("test.py"))
+    entry = importlib.util.module_from_spec(spec)  # by path: 'test' is also a standard-library package
+    spec.loader.exec_module(entry)
+    entry.main(arguments)
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if option.wants_test_only(argv):
+        return run_test_py(argv)
     args = option.parse_args(argv)
     group = process_group_from_env()
     option.check_world_size(args, group.world_size)

@@ -6,7 +6,7 @@ authors' CDSR/DASR code, so their README commands parse; booleans are real switc
 ``parse_args`` validates the values and returns an ``argparse.Namespace`` that nobody mutates.
 """
 import argparse
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # The argparse defaults are the "demo" preset: a short CPU run on the embedded photos that beats
 # bicubic. "cdsr" and "dasr" are the authors' training recipes (CDSR README command; DASR
@@ -16,12 +16,13 @@ PRESETS: Dict[str, Dict[str, object]] = {
     "cdsr": dict(model="CDSR", degradation="manet", scale=4, patch_size=48, batch_size=32,
                  blur_type="aniso_gaussian", sig_min=0.35, sig_max=5.0, lambda_1=4.0, lambda_2=1.0,
                  theta=0.0, epochs_encoder=-1, epochs_sr=500, freeze_epoch=600, lr_sr=1e-4,
-                 lr_decay_sr=125, gamma_sr=0.5, test_every=1000, print_every=200, n_threads=4),
+                 lr_decay_sr=125, gamma_sr=0.5, test_every=1000, print_every=200, n_threads=4,
+                 save="cdsr"),
     "dasr": dict(model="DASR", scale=4, patch_size=48, batch_size=32, blur_type="iso_gaussian",
                  sig_min=0.2, sig_max=4.0, sig=1.2, epochs_encoder=100, epochs_sr=500,
                  freeze_epoch=10 ** 6, lr_encoder=1e-3, lr_decay_encoder=60, gamma_encoder=0.1,
                  lr_sr=1e-4, lr_decay_sr=125, gamma_sr=0.5, test_every=1000, print_every=200,
-                 n_threads=4, data_test="Set14"),
+                 n_threads=4, data_test="Set14", save="blindsr"),
 }
 
 
@@ -30,6 +31,19 @@ def _resume_value(text: str) -> int:
     if value < -1:
         raise argparse.ArgumentTypeError("use -1 (latest), 0 (off) or an epoch number")
     return value
+
+
+def _boolean(text: str) -> bool:
+    """'true'/'false' (also 1/0, yes/no; any case): the authors pass ``--save_results False``."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def _add_switch(g, flag: str, help: str) -> None:
+    """A switch that also takes an explicit value: ``--flag``, ``--flag true``, ``--flag False``."""
+    g.add_argument(flag, nargs="?", const=True, default=False, type=_boolean, metavar="BOOL", help=help)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,6 +59,14 @@ class _AcceptedOnly(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         pass
+
+
+class _AcceptedSwitch(_AcceptedOnly):
+    """A switch of the authors' whose meaning is handled before parsing, or is what we do anyway:
+    ``--test_only``. Nothing is stored."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a step whose loss or gradients are not finite is skipped; this many in "
                         "a row stop the run (the last checkpoint stays intact)")
 
+    g.add_argument("--test_only", action=_AcceptedSwitch,
+                   help="score --pre_train (or --resume N) as test.py does instead of training "
+                        "(EDSR's habit); the training flags are ignored")
+
     g = p.add_argument_group("run folder")
     g.add_argument("--save", default="demo", help="run folder name under experiment/")
     g.add_argument("--resume", type=_resume_value, nargs="?", const=-1, default=0,
@@ -149,7 +175,8 @@ def _add_benchmark_flags(g) -> None:
     g.add_argument("--data_test", default="Set5",
                    help="benchmark set(s), '+'-separated, looked up under --test_path")
     g.add_argument("--test_path", default=None,
-                   help="root of the benchmark sets (default: DIR_DATA/benchmark); dataset D is "
+                   help="root of the benchmark sets (default: DIR_DATA/benchmark, else a benchmark "
+                        "folder one or two levels up, for --dir_data .../DF2K/HR); dataset D is "
                         "read from D/x<scale>, D/HR or D")
 
 
@@ -204,15 +231,25 @@ def build_test_parser() -> argparse.ArgumentParser:
                     "degradation or every setting of a published protocol, or super-resolve "
                     "your own images.")
     g = p.add_argument_group("checkpoint and hardware")
-    g.add_argument("--pre_train", required=True,
+    g.add_argument("--pre_train", default=None,
                    help="checkpoint: ours or the authors' state dict; the model and scale come from it")
-    g.add_argument("--model", default=None, help="check that the checkpoint holds this model")
+    g.add_argument("--resume", type=int, default=0, metavar="N",
+                   help="instead of --pre_train, epoch N (-1: the latest; 0: off) of the training run "
+                        "--save (default blindsr): ours, experiment/SAVE/checkpoint/epoch_N.pt "
+                        "(last.pt), or DASR's, experiment/SAVE_x<scale>_<sample_mode>_<iso|aniso>/"
+                        "model/model_N.pt (model_latest.pt)")
+    g.add_argument("--model", default=None,
+                   help="check that the checkpoint holds this model ('blindsr' is DASR)")
     g.add_argument("--scale", type=int, default=None, choices=(2, 3, 4),
                    help="check that the checkpoint is for this scale")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    g.add_argument("--n_GPUs", type=int, default=1,
+                   help="score on this many CUDA devices, one image per device (the CPU: one)")
+    g.add_argument("--test_only", action=_AcceptedSwitch,
+                   help="accepted for the authors' test.sh (test.py only tests)")
 
     g = p.add_argument_group("benchmark sets")
-    g.add_argument("--dir_data", default=None, help="the default --test_path is DIR_DATA/benchmark")
+    g.add_argument("--dir_data", default=None, help="where the default --test_path is found (see it)")
     _add_benchmark_flags(g)
     g.add_argument("--testsets", default=None,
                    help="with --protocol: read the LR from ROOT/<protocol>/<D>_x<scale>/ or "
@@ -225,14 +262,20 @@ def build_test_parser() -> argparse.ArgumentParser:
                    help="score every setting of a published protocol instead: cdsr (CDSR Table 2, "
                         "MANet's sets), dasr-iso / dasr-aniso (DASR Tables 2 / 3), gaussian8 "
                         "(IKC/DAN); noise seeded as scripts/make_testsets.py's default --seed 0")
+    g.add_argument("--sv_mode", type=int, default=0, choices=range(7), metavar="{0..6}",
+                   help="0: the spatially invariant settings; 1-6 (with --protocol cdsr): MANet's "
+                        "spatially variant set of that mode instead (CDSR scores 1-5 on B100)")
     g.add_argument("--protocol_noise", type=float, default=None,
                    help="with --protocol: only this noise level (0..255 units); default: every "
                         "level the paper reports at the checkpoint's scale")
 
     g = p.add_argument_group("results")
-    g.add_argument("--save", default="test", help="tables go to experiment/SAVE/")
-    g.add_argument("--save_results", action="store_true",
-                   help="also write the SR images and figures (PSNR per setting; bicubic | SR | HR crops)")
+    g.add_argument("--save", default=None,
+                   help="tables go to experiment/SAVE/ (default test); with --resume SAVE names the "
+                        "training run (default blindsr, as in DASR's code) and the tables go to "
+                        "its folder's test/")
+    _add_switch(g, "--save_results", "also write the SR images and figures (PSNR per setting; "
+                                     "bicubic | SR | HR crops)")
     g.add_argument("--figure_images", default=None,
                    help="with --save_results: '+'-separated image names (file stems) for the "
                         "bicubic | SR | HR figures; default: each set's first image")
@@ -260,6 +303,32 @@ def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]
     return parser.parse_args(argv)
 
 
+def wants_test_only(argv: Optional[List[str]]) -> bool:
+    """Whether main.py's command line asks to score instead of train (``--test_only``)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--test_only", action="store_true")
+    return probe.parse_known_args(argv)[0].test_only
+
+
+def test_command(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """main.py's command line as test.py's: (the arguments test.py takes, the training flags
+    dropped from it, which test.py does not know)."""
+    training = build_parser()._option_string_actions
+    testing = build_test_parser()._option_string_actions
+    kept: List[str] = []
+    dropped: List[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        flag = token.split("=", 1)[0]
+        if not flag.startswith("--") or flag in testing or flag not in training:
+            kept.append(token)                         # test.py says what it does not know
+            continue
+        dropped.append(flag)
+        if "=" not in token and training[flag].nargs is None:     # its value is the next token
+            next(tokens, None)
+    return kept, dropped
+
+
 def _given(argv: Optional[List[str]], flag: str) -> bool:
     """Whether ``flag`` is on the command line (after presets, a default looks like a choice)."""
     probe = argparse.ArgumentParser(add_help=False)
@@ -269,6 +338,7 @@ def _given(argv: Optional[List[str]], flag: str) -> bool:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ValueError with one clear sentence for values that make no sense."""
+    from model.names import canonical_name
     positive = ("patch_size", "batch_size", "test_every", "print_every", "queue_size",
                 "lr_decay_encoder", "lr_decay_sr", "n_GPUs", "max_bad_steps")
     for name in positive:
@@ -293,7 +363,7 @@ def validate(args: argparse.Namespace) -> None:
                          f"small for the {args.blur_kernel}x{args.blur_kernel} blur (the dasr "
                          f"convention reflects {args.blur_kernel // 2} pixels at each border); use "
                          f"--patch_size >= {args.blur_kernel // 2 // args.scale + 1}")
-    if args.ablation and args.model is not None and args.model.lower() != "cdsr":
+    if args.ablation and args.model is not None and canonical_name(args.model) != "cdsr":
         raise ValueError(f"--ablation {args.ablation} removes a part of CDSR; it needs --model "
                          f"CDSR, got --model {args.model}")
     if args.queue_size % args.batch_size:
@@ -323,6 +393,17 @@ def _validate_evaluation(args: argparse.Namespace) -> None:
 def validate_test(args: argparse.Namespace) -> None:
     """ValueError for test.py options that are out of range or contradict each other."""
     _validate_evaluation(args)
+    if (args.pre_train is None) == (args.resume == 0):
+        raise ValueError("say which checkpoint to score: --pre_train CKPT, or --resume N for "
+                         "epoch N of a training run (-1: its latest)" if args.pre_train is None else
+                         "--pre_train and --resume both name a checkpoint: use one")
+    if args.resume < -1:
+        raise ValueError(f"--resume must be an epoch number or -1 (the latest), got {args.resume}")
+    if args.n_GPUs < 1:
+        raise ValueError(f"--n_GPUs must be positive, got {args.n_GPUs}")
+    if args.sv_mode and args.protocol != "cdsr":
+        raise ValueError(f"--sv_mode {args.sv_mode} scores MANet's spatially variant sets: it needs "
+                         "--protocol cdsr (a fixed degradation is spatially invariant, --sv_mode 0)")
     if args.input and not args.output:
         raise ValueError("--input needs --output, the folder for the SR images")
     if args.bf16 and not args.input:

@@ -3,6 +3,7 @@
     python test.py --pre_train CKPT --test_path ROOT --data_test Set5+Set14
     python test.py --pre_train CKPT --protocol cdsr --test_path ROOT --data_test Set5+Set14 [--save_results]
     python test.py --pre_train CKPT --input LR_IMAGE_OR_FOLDER --output OUT_DIR [--chop] [--self_ensemble] [--bf16]
+    python test.py --resume N [--save RUN] ...      # epoch N of a training run, ours or DASR's layout
 
 Scoring goes through ``trainer.evaluate``, the loop training validation uses, on the sets of
 ``data.build_test_sets`` (one fixed degradation, as validation) or ``data.build_protocol_sets``
@@ -11,7 +12,8 @@ columns = datasets) are printed and written to ``experiment/<save>/results.{md,c
 --save_results adds the SR images and figures.
 """
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,7 +24,9 @@ from data.images import output_pairs, read_image_and_alpha, to_image, to_tensor,
 from data.report import plot_comparisons, plot_psnr_by_setting, write_tables
 from model.checkpoint import load_model
 from model.inference import describe_policy, predict
+from model.parallel import data_parallel_devices
 from model.precision import warn_if_emulated
+from model.run_checkpoints import epoch_checkpoints
 from trainer import evaluate, inference_policy
 
 
@@ -42,19 +46,43 @@ def super_resolve_files(model, args, device) -> None:
         print(f"{source} ({rgb.shape[1]}x{rgb.shape[0]} {kind}) -> {target} ({sr.shape[1]}x{sr.shape[0]})")
 
 
-def score(model, args, device) -> None:
-    """Tables (and with --save_results SR images and figures) in experiment/SAVE/."""
+def checkpoint_and_results_folder(args) -> Tuple[Path, Path]:
+    """(the checkpoint to score, the folder for its tables): --pre_train and experiment/SAVE/,
+    or for --resume N epoch N of the training run SAVE (``epoch_checkpoints``) and that run
+    folder's test/ (the training run itself stays as it is)."""
+    if not args.resume:
+        return Path(args.pre_train), Path("experiment") / (args.save or "test")
+    tried = epoch_checkpoints(args.save or "blindsr", args.resume, scale=args.scale,
+                              sample_mode=args.sample_mode, blur_type=args.blur_type)
+    found = next((path for path in tried if path.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"--resume {args.resume}: no checkpoint at {', '.join(map(str, tried))}; "
+                                "name the training run with --save (and --scale), or pass --pre_train CKPT")
+    utility.get_logger().info(f"--resume {args.resume}: scoring {found}")
+    return found, found.parent.parent / "test"
+
+
+def scoring_devices(n_gpus: int, device: torch.device) -> List[torch.device]:
+    """--n_GPUs CUDA devices to score on, one image each at a time (one device on the CPU)."""
+    if n_gpus > 1 and device.type != "cuda":
+        utility.get_logger().info(f"--n_GPUs {n_gpus}: no CUDA device in use; scoring on the {device.type}")
+    return [torch.device("cuda", i) for i in data_parallel_devices(n_gpus, device)] or [device]
+
+
+def score(model, args, device, checkpoint: Path, results_folder: Path) -> None:
+    """Tables (and with --save_results SR images and figures) in ``results_folder``."""
     sets = build_protocol_sets(args, model.scale) if args.protocol else build_test_sets(args, model.scale)
-    run_dir = utility.prepare_run_dir("experiment", args.save, resume=False)
+    run_dir = utility.prepare_run_dir(results_folder.parent, results_folder.name, resume=False)
     sr_dir = run_dir / "results" if args.save_results else None
     policy = inference_policy(args)
-    results = evaluate(model, sets, device, with_bicubic=True, save_dir=sr_dir, **policy)
+    results = evaluate(model, sets, device, with_bicubic=True, save_dir=sr_dir,
+                       devices=scoring_devices(args.n_GPUs, device), **policy)
     what = f"the {args.protocol} protocol" if args.protocol else "a fixed degradation"
     source = f"LR from {args.testsets}" if args.testsets else "LR generated on the fly"
     print(write_tables(run_dir, sets, results, title=f"{model.name.upper()} x{model.scale} on {what}", notes=[
-        f"Checkpoint `{args.pre_train}`; {source}; inference: {describe_policy(policy)}.",
+        f"Checkpoint `{checkpoint}`; {source}; inference: {describe_policy(policy)}.",
         f"PSNR (dB) / SSIM on the Y channel (BT.601), {model.scale} border pixels shaved."],
-        record={"checkpoint": args.pre_train, "model": model.name, "scale": model.scale,
+        record={"checkpoint": str(checkpoint), "model": model.name, "scale": model.scale,
                 "protocol": args.protocol, "testsets": args.testsets, "policy": policy,
                 "options": vars(args)}))
     if sr_dir is not None:
@@ -70,11 +98,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = option.parse_args(argv, test=True)
     utility.setup_logging()
     device = utility.select_device(args.cpu)
-    model = load_model(args.pre_train, device, model_name=args.model, scale=args.scale)
+    checkpoint, results_folder = checkpoint_and_results_folder(args)
+    model = load_model(checkpoint, device, model_name=args.model, scale=args.scale)
     if args.input:
+        if args.n_GPUs > 1:
+            utility.get_logger().info(f"--n_GPUs {args.n_GPUs}: --input runs on one device")
         super_resolve_files(model, args, device)
     else:
-        score(model, args, device)
+        score(model, args, device, checkpoint, results_folder)
 
 
 if __name__ == "__main__":

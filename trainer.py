@@ -26,7 +26,7 @@ from data.metrics import mean_score, psnr, ssim
 from data.run_records import RunRecords
 from model.checkpoint import rng_states, set_rng_states
 from data.resize import bicubic_upscale
-from model.inference import predict
+from model.inference import DevicePool, predict
 from model.parallel import ProcessGroup, any_process, barrier, data_parallel_devices, wrap
 from model.precision import Precision
 from model.run_checkpoints import RunCheckpoints
@@ -46,7 +46,7 @@ def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
 @torch.no_grad()
 def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.device, *,
              with_bicubic: bool = False, save_dir: Optional[Path] = None,
-             **policy) -> Dict[str, Dict[str, float]]:
+             devices: Sequence[torch.device] = (), **policy) -> Dict[str, Dict[str, float]]:
     """PSNR/SSIM (Y, border = scale) of the model on each set: the only evaluation loop.
 
     ``test_sets``: ``data.eval_set.EvalSet``s (one dataset under one degradation setting) with
@@ -58,26 +58,31 @@ def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.devic
 
     Returns ``{set name: {"psnr", "ssim"[, "bicubic_psnr", "bicubic_ssim"]}}`` (means over
     images). With ``save_dir``, SR images are written to ``save_dir/<set name>/<image>.png``.
+    ``devices``: score on these devices, one image per device at a time (default: ``device``).
     """
     names = [test_set.name for test_set in test_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation sets need distinct names, got {names}")
     was_training = model.training
     model.eval()
+    pool = DevicePool(model, devices or [device])
     results = {}
     for test_set in test_sets:
-        scores: Dict[str, List[float]] = {}
-        for item in tqdm(test_set, desc=f"eval {test_set.name}", leave=False, disable=None):
-            lr, hr = item["lr"][None].to(device), item["hr"][None]
-            sr = predict(model, lr, **policy).cpu()
+        def score(net: nn.Module, on: torch.device, index: int) -> Dict[str, float]:
+            item = test_set[index]
+            lr, hr = item["lr"][None].to(on), item["hr"][None]
+            sr = predict(net, lr, **policy).cpu()
             outputs = {"": sr, "bicubic_": bicubic_upscale(lr, model.scale).cpu()} if with_bicubic else {"": sr}
-            for prefix, image in outputs.items():
-                scores.setdefault(prefix + "psnr", []).append(
-                    psnr(image, hr, crop_border=model.scale))
-                scores.setdefault(prefix + "ssim", []).append(
-                    ssim(image, hr, crop_border=model.scale))
             if save_dir is not None:
                 write_png(Path(save_dir) / test_set.name / f"{item['name']}.png", to_image(sr))
+            return {prefix + metric: fn(image, hr, crop_border=model.scale)
+                    for prefix, image in outputs.items() for metric, fn in (("psnr", psnr), ("ssim", ssim))}
+
+        scores: Dict[str, List[float]] = {}
+        for image_scores in tqdm(pool.map(score, range(len(test_set))), total=len(test_set),
+                                 desc=f"eval {test_set.name}", leave=False, disable=None):
+            for key, value in image_scores.items():
+                scores.setdefault(key, []).append(value)
         results[test_set.name] = {key: mean_score(values) for key, values in scores.items()}
     model.train(was_training)
     return results

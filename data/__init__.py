@@ -45,14 +45,15 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def worker_count(requested: int) -> int:
+def worker_count(requested: int, *, say: bool = True) -> int:
     """``--n_threads`` capped to ``available_cpus()``: more worker processes than CPUs only
     compete (PyTorch's DataLoader warns), and the data stream does not depend on the count.
-    The cap is said once per process."""
+    With ``say``, the cap is said once per process (by the training loader, so that a check
+    that fails before it stays one line)."""
     available = available_cpus()
     if requested <= available:
         return requested
-    if requested not in _CAPPED:
+    if say and requested not in _CAPPED:
         _CAPPED.add(requested)
         log.info(f"--n_threads {requested}: {available} data-loading worker processes, one per "
                  "available CPU (the batches do not depend on the count)")
@@ -79,7 +80,7 @@ def build_train_set(args: argparse.Namespace, full_check: bool = True) -> PatchP
         photos = training_photos()
         return PatchPairs(list(photos.values()), names=list(photos), **common)
     folders = training_folders(args)
-    workers = worker_count(args.n_threads)
+    workers = worker_count(args.n_threads, say=False)
     if args.data_cache is None:
         return PatchPairs(folder_sources(folders, workers, full_check), **common)
     return PatchPairs(store_sources(folders, Path(args.data_cache), workers=workers), **common)
@@ -131,9 +132,13 @@ def eval_setting(args: argparse.Namespace, scale: int) -> Setting:
 
 
 def test_root(args: argparse.Namespace) -> Path:
+    """``--test_path``, else ``DIR_DATA/benchmark``; when ``--dir_data`` is the training images'
+    own folder (the CDSR README passes ``.../DF2K/HR``), the ``benchmark`` folder beside DF2K."""
     if args.test_path:
         return Path(args.test_path)
-    return Path(args.dir_data) / "benchmark"
+    root = Path(args.dir_data)
+    candidates = [root / "benchmark", root.parent / "benchmark", root.parent.parent / "benchmark"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def hr_images(args: argparse.Namespace, scale: int) -> Dict[str, List[Tuple[str, ImageSource]]]:
@@ -157,8 +162,14 @@ def build_test_sets(args: argparse.Namespace, scale: Optional[int] = None) -> Li
 def build_protocol_sets(args: argparse.Namespace, scale: int) -> List[EvalSet]:
     """test.py's sets for ``--protocol`` (``--protocol_noise``) at ``scale``, setting by setting
     and each across the ``--data_test`` sets: read from ``--testsets`` or generated (seeded as
-    scripts/make_testsets.py's files are)."""
-    settings = protocol_settings(args.protocol, scale, args.protocol_noise)
+    scripts/make_testsets.py's files are). ``--sv_mode k`` > 0: the spatially variant setting of
+    mode k alone."""
+    if args.sv_mode:
+        settings = [s for s in protocol_settings(args.protocol, scale, args.protocol_noise,
+                                                 sv_modes=(args.sv_mode,))
+                    if s.params.get("sv_mode") == args.sv_mode]
+    else:
+        settings = protocol_settings(args.protocol, scale, args.protocol_noise)
     if args.testsets:
         per_dataset = {name: read_protocol_sets(Path(args.testsets), args.protocol, name, settings)
                        for name in args.data_test.split("+")}

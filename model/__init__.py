@@ -11,6 +11,7 @@ from .cdsr import CDSR
 from .dasr import DASR
 from .base import BlindSRModel
 from .moco import MoCo
+from .names import canonical_name
 from .variants import ABLATIONS, BASE
 
 _MODELS: dict[str, Callable[..., BlindSRModel]] = {
@@ -28,12 +29,13 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by (case-insensitive) name with its constructor's keywords.
+    """Build a registered model by name (any case, or an alias: ``model.names``) with its
+    constructor's keywords.
 
     A variant's switches may be passed too (checkpoints record them) but must agree with the
     name: ``build_model('cdsr-no-patch', patch_branch=True)`` is an error."""
     try:
-        key = name.lower()
+        key = canonical_name(name)
         factory = _MODELS[key]
     except (KeyError, AttributeError):
         choices = ", ".join(model_names())

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import build_model, model_names
+from .names import canonical_name
 from .authors_format import (KEY_ENCODER, MOCO_STATE, CheckpointError, authors_key_note,
                              infer_authors_model, listing, split_authors_state)
 # Re-exported: scripts and users' code import the authors' key map from here.
@@ -128,7 +129,7 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
         raise ValueError(f"save_checkpoint: unknown field(s) {unknown}, missing {missing}; "
                          f"fields are {', '.join(OUR_FIELDS)}")
     record = {"format": FORMAT, **{f: fields.get(f) for f in OUR_FIELDS}}
-    record["model_name"] = str(record["model_name"]).lower()
+    record["model_name"] = canonical_name(record["model_name"])
     if record["model_name"] not in model_names():
         raise ValueError(f"save_checkpoint: unknown model {fields['model_name']!r}; choose one of: "
                          f"{', '.join(model_names())}")
@@ -288,7 +289,7 @@ def load_model(source: Source, device: Union[str, torch.device] = "cpu", *,
     ``scale``, when given, must agree (CheckpointError otherwise)."""
     checkpoint, label = _opened(source)
     fmt, name, found = checkpoint_identity(checkpoint, label)
-    wanted = (str(model_name or name).lower(), found if scale is None else int(scale))
+    wanted = (canonical_name(model_name or name), found if scale is None else int(scale))
     if wanted != (name, found):
         raise CheckpointError(f"{label} holds {describe(name, found)}, not {describe(*wanted)} "
                               "as requested")

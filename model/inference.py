@@ -13,8 +13,12 @@ image, so a tile sees its own means and the output changes; ``global_stats=True`
 ``model.super_resolve_tiled`` (CDSR only), which keeps the whole-image means (see
 ``CDSRGenerator.forward_tiled``).
 """
+import copy
+import queue
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -174,3 +178,47 @@ def describe_policy(policy: dict) -> str:
     if policy.get("ensemble"):
         parts.append("x8 self-ensemble")
     return "; ".join(parts) or "whole image at once (the authors' eval forward)"
+
+
+Item, Result = TypeVar("Item"), TypeVar("Result")
+
+
+class DevicePool:
+    """A model on several devices for inference, one image per device at a time.
+
+    ``map(fn, items)`` yields ``fn(model, device, item)`` for every item, in item order, with
+    the items spread over the devices as they become free: each device has its own copy of the
+    model, used by one thread at a time (CUDA kernels run concurrently, Python waits in turns).
+    With one device it is a plain loop over the model itself.
+    """
+
+    def __init__(self, model: nn.Module, devices: Sequence[torch.device]) -> None:
+        if not devices:
+            raise ValueError("DevicePool needs at least one device")
+        self.devices = list(devices)
+        self.models = [model] if len(devices) == 1 else [copy.deepcopy(model).to(d) for d in devices]
+
+    def map(self, fn: Callable[[nn.Module, torch.device, Item], Result],
+            items: Iterable[Item]) -> Iterator[Result]:
+        if len(self.devices) == 1:
+            yield from (fn(self.models[0], self.devices[0], item) for item in items)
+            return
+        free: "queue.Queue[int]" = queue.Queue()
+        for index in range(len(self.devices)):
+            free.put(index)
+
+        def run(item: Item) -> Result:
+            index = free.get()
+            try:
+                return fn(self.models[index], self.devices[index], item)
+            finally:
+                free.put(index)
+
+        with ThreadPoolExecutor(len(self.devices)) as pool:
+            pending: deque = deque()
+            for item in items:               # at most two items per device in flight
+                pending.append(pool.submit(run, item))
+                if len(pending) >= 2 * len(self.devices):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()

@@ -9,7 +9,7 @@ reads one back into the model and says where the run continues (``ResumePoint``)
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -110,3 +110,16 @@ class RunCheckpoints:
                              "--epochs_encoder/--epochs_sr/--freeze_epoch as the original run")
         same_phase = bool(iteration or (epoch < phases[-1].last and phase_of(phases, epoch + 1) is phase))
         return ResumePoint(path, state, epoch, iteration, progress, phase, same_phase)
+
+
+def epoch_checkpoints(save: str, epoch: int, *, scale: Optional[int], sample_mode: str,
+                      blur_type: str, root: Path = Path("experiment")) -> List[Path]:
+    """Where epoch ``epoch`` (-1: the latest) of the training run ``save`` may be, in the order
+    to try: ours, ``ROOT/SAVE/checkpoint/epoch_<N>.pt`` (``last.pt``), then DASR's run layout,
+    ``ROOT/SAVE_x<scale>_<sample_mode>_<iso|aniso>/model/model_<N>.pt`` (``model_latest.pt``),
+    for ``scale`` or, when None, each of 2, 3, 4."""
+    ours = Path(root) / save / "checkpoint" / ("last.pt" if epoch == -1 else f"epoch_{epoch}.pt")
+    blur = "iso" if blur_type == "iso_gaussian" else "aniso"
+    authors = "model_latest.pt" if epoch == -1 else f"model_{epoch}.pt"
+    return [ours] + [Path(root) / f"{save}_x{s}_{sample_mode}_{blur}" / "model" / authors
+                     for s in ((scale,) if scale else (2, 3, 4))]

@@ -7,6 +7,8 @@ checkpoint record the variant. To study another combination, add a line to ``ABL
 """
 from dataclasses import dataclass, field
 
+from .names import canonical_name
+
 BASE = "cdsr"
 
 # The paper's CDSR. fusion: 'dqa' (domain query attention) or 'da' (DA conv, no attention);
@@ -68,8 +70,9 @@ def variant_name(switches: dict[str, object]) -> str:
 
 
 def family(name: str) -> str:
-    """'cdsr' for CDSR and its variants, otherwise ``name`` lower-cased (which preset applies)."""
-    name = str(name).lower()
+    """'cdsr' for CDSR and its variants, otherwise ``name``'s canonical spelling (which preset
+    applies: 'blindsr' trains with DASR's)."""
+    name = canonical_name(name)
     try:
         variant_switches(name)
         return BASE

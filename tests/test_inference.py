@@ -189,3 +189,21 @@ def test_tiled_prediction_memory_is_bounded_by_the_tile_even_with_autograd_on(na
     narrow, wide = peak(64), peak(256)
     grown_images = (256 - 64) * 32 * 3 * 4 * (1 + 2 * 2)        # float32 input + x2 output
     assert wide - narrow <= 3 * grown_images, (narrow, wide)
+
+
+def test_a_device_pool_gives_the_one_device_results_in_order():
+    """test.py --n_GPUs N: a copy of the model per device, one image each at a time (two CPU
+    'devices' here run the same threads and copies as two GPUs would)."""
+    from model.inference import DevicePool
+    model = tiny("dasr", scale=2)
+    images = [lr_image(10 + i, 12, seed=i) for i in range(7)]
+
+    def sr(net, device, x):
+        return predict(net, x.to(device))
+
+    one = list(DevicePool(model, [torch.device("cpu")]).map(sr, images))
+    pool = DevicePool(model, [torch.device("cpu")] * 2)
+    assert pool.models[0] is not model and pool.models[0] is not pool.models[1]
+    two = list(pool.map(sr, images))
+    assert [o.shape for o in two] == [(1, 3, 2 * (10 + i), 24) for i in range(7)]
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

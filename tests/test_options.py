@@ -139,7 +139,7 @@ def test_test_py_parses_only_what_its_code_reads():
                  data.build_protocol_sets, trainer.inference_policy)
     texts = [(ROOT / "test.py").read_text()] + [inspect.getsource(f) for f in functions]
     assert unread_destinations(option.build_test_parser(), texts) == []
-    assert {"lr_sr", "epochs_sr", "queue_size", "batch_size", "seed", "resume"}.isdisjoint(
+    assert {"lr_sr", "epochs_sr", "queue_size", "batch_size", "seed"}.isdisjoint(
         a.dest for a in option.build_test_parser()._actions)
 
 

@@ -121,6 +121,32 @@ def test_the_fixed_degradation_does_not_depend_on_how_the_sets_are_found(workspa
     assert [s["label"] for s in by_root["settings"]] == ["dasr iso std 1.2"]
 
 
+def test_sv_mode_scores_one_spatially_variant_set_of_the_cdsr_protocol(workspace, monkeypatch):
+    run_dir = protocol_run(workspace, monkeypatch, "cdsr", "sv3", "--sv_mode", "3", checkpoint="cdsr")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["results"]) == ["sv3"] and results["settings"][0]["params"]["sv_mode"] == 3
+    spatially_invariant = protocol_run(workspace, monkeypatch, "cdsr", "sv0", "--sv_mode", "0",
+                                       checkpoint="cdsr")
+    assert len(json.loads((spatially_invariant / "results.json").read_text())["results"]) == len(protocol_settings("cdsr", 4))
+
+
+def test_resume_scores_an_epoch_of_our_run_without_touching_it(workspace, monkeypatch, tmp_path, capsys):
+    run = tmp_path / "experiment" / "mine" / "checkpoint"
+    make_checkpoint(run / "epoch_3.pt", "dasr")
+    make_checkpoint(run / "last.pt", "dasr")
+    monkeypatch.chdir(tmp_path)
+    common = ["--test_path", str(workspace["bench"]), "--data_test", "Toy", "--cpu", "--save", "mine"]
+    entry.main(common + ["--resume", "3"])
+    entry.main(common + ["--resume", "-1", "--n_GPUs", "2"])
+    log = capsys.readouterr().err
+    assert "--resume 3: scoring experiment/mine/checkpoint/epoch_3.pt" in log
+    assert "--resume -1: scoring experiment/mine/checkpoint/last.pt" in log
+    assert "--n_GPUs 2: no CUDA device in use; scoring on the cpu" in log
+    names = sorted(p.name for p in (tmp_path / "experiment" / "mine").iterdir())
+    assert names[:2] == ["checkpoint", "test"] and [n[:5] for n in names[2:]] == ["test."]  # earlier test/ aside
+    assert (run / "epoch_3.pt").is_file() and (tmp_path / "experiment/mine/test/results.md").is_file()
+
+
 def test_save_results_writes_images_and_figures(workspace, monkeypatch):
     run_dir = protocol_run(workspace, monkeypatch, "dasr-iso", "figs", "--save_results",
                            "--figure_images", "b", "--self_ensemble")
@@ -129,6 +155,8 @@ def test_save_results_writes_images_and_figures(workspace, monkeypatch):
     for figure in ("psnr_vs_kernel.png", "compare_Toy_b.png"):
         image = cv2.imread(str(run_dir / "figures" / figure))
         assert image is not None and image.shape[0] > 100
+    off = protocol_run(workspace, monkeypatch, "dasr-iso", "no_figs", "--save_results", "False")
+    assert sorted(p.name for p in off.iterdir()) == ["results.csv", "results.json", "results.md"]
 
 
 def test_authors_checkpoint_scores_through_the_same_path(workspace, monkeypatch, tmp_path):
@@ -198,6 +226,11 @@ def test_own_image_tiled_equals_untiled_for_dasr(workspace, tmp_path, monkeypatc
     (["--input", "ROOT/in", "--output", "ROOT/out", "--chop", "--tile", "0"], "--tile must be >= 1"),
     (["--input", "ROOT/in", "--output", "ROOT/out", "--model", "cdsr"], "holds DASR x2, not CDSR x2"),
     (["--input", "ROOT/in", "--output", "ROOT/out", "--lr_sr", "1e-4"], "unrecognized arguments: --lr_sr"),
+    (["--resume", "5", "--test_path", "BENCH"], "--pre_train and --resume both name a checkpoint"),
+    (["--sv_mode", "2", "--test_path", "BENCH"], "--sv_mode 2 scores MANet's spatially variant sets: it needs --protocol cdsr"),
+    (["--sv_mode", "7", "--test_path", "BENCH"], "argument --sv_mode: invalid choice: 7"),
+    (["--save_results", "maybe", "--test_path", "BENCH"], "expected true or false, got 'maybe'"),
+    (["--n_GPUs", "0", "--test_path", "BENCH"], "--n_GPUs must be positive"),
 ])
 def test_errors_are_one_line_with_exit_code_2(workspace, tmp_path, monkeypatch, capsys, argv, message):
     x2 = make_checkpoint(tmp_path / "dasr_x2.pt", "dasr", scale=2)
@@ -214,6 +247,12 @@ def test_missing_checkpoint_from_the_command_line(tmp_path):
     out = run_test_py(["--pre_train", str(tmp_path / "none.pt"), "--cpu"], tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'none.pt'}"]
+    out = run_test_py(["--cpu"], tmp_path)
+    assert out.returncode == 2 and "say which checkpoint to score: --pre_train CKPT, or --resume N" in out.stderr
+    out = run_test_py(["--resume", "600", "--scale", "2", "--cpu"], tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert ("error: --resume 600: no checkpoint at experiment/blindsr/checkpoint/epoch_600.pt, "
+            "experiment/blindsr_x2_bicubic_iso/model/model_600.pt; name the training run") in out.stderr
 
 
 @pytest.mark.parametrize("script", ["cdsr_aniso.sh 4 15", "cdsr_aniso.sh 2", "dasr_iso.sh 3",
