@@ -32,8 +32,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from data.setting import Setting, base_params
-from data.spatially_variant import SV_MODES
+from data.degradation import make_fixed_degradation
+from data.setting import (KERNEL_SIZE, IKCDegradation, Setting, SpatiallyVariantDegradation,
+                          UnitRangeDegradation, base_params)
+from data.spatially_variant import BLOCK, SV_MODES
 
 __all__ = ["PROTOCOLS", "protocol_settings", "cdsr_setting"]
 
@@ -84,7 +86,10 @@ def cdsr_setting(sig1: float, sig2: float, theta: float, scale: int, noise: floa
     suffix = f"{sig1:.1f}_{sig2:.1f}_{theta:.1f}"
     params = {**base_params("manet", scale, noise, "replicate", "decimate"), "blur": "aniso",
               "sig1_variance": sig1, "sig2_variance": sig2, "theta_rad": theta, "domain": "unit"}
-    return Setting(suffix + noise_tag(noise), params, f"LR_mode0_noise{noise:g}", suffix)
+    kernel = make_fixed_degradation("manet", scale, "aniso", lambda_1=sig1, lambda_2=sig2, theta=theta,
+                                    kernel_size=KERNEL_SIZE)
+    return Setting(suffix + noise_tag(noise), params, UnitRangeDegradation(kernel, noise),
+                   f"LR_mode0_noise{noise:g}", suffix)
 
 
 def _settings_at(protocol: str, scale: int, noise: float) -> list[Setting]:
@@ -96,26 +101,33 @@ def _settings_at(protocol: str, scale: int, noise: float) -> list[Setting]:
         for sigma in DASR_ISO_SIGMAS[scale]:
             params = {**base_params("dasr", scale, noise, "reflect", "matlab_bicubic"),
                       "blur": "iso" if sigma > 0 else "none", "sigma_std": sigma}
-            out.append(Setting(f"sig{sigma:.1f}{tag}", params, folder, f"sig{sigma:.1f}"))
+            degradation = make_fixed_degradation("dasr", scale, "iso", sig=sigma, noise=noise,
+                                                 kernel_size=KERNEL_SIZE)
+            out.append(Setting(f"sig{sigma:.1f}{tag}", params, degradation, folder, f"sig{sigma:.1f}"))
     elif protocol == "dasr-aniso":
         for lambda_1, lambda_2, theta in DASR_ANISO_KERNELS:
             suffix = f"l{lambda_1:.1f}_l{lambda_2:.1f}_t{theta:.0f}"
             params = {**base_params("dasr", scale, noise, "reflect", "matlab_bicubic"), "blur": "aniso",
                       "lambda_1_std": lambda_1, "lambda_2_std": lambda_2, "theta_deg": theta}
-            out.append(Setting(suffix + tag, params, folder, suffix))
+            degradation = make_fixed_degradation("dasr", scale, "aniso", lambda_1=lambda_1,
+                                                 lambda_2=lambda_2, theta=theta, noise=noise,
+                                                 kernel_size=KERNEL_SIZE)
+            out.append(Setting(suffix + tag, params, degradation, folder, suffix))
     else:
         for sigma in np.linspace(*GAUSSIAN8_RANGE[scale], 8):
             sigma = round(float(sigma), 10)  # 2.0, not 2.0000000000000004
             params = {**base_params("ikc", scale, noise, "reflect", "matlab_bicubic_mirror"), "blur": "iso",
                       "sigma_std": sigma}
-            out.append(Setting(f"sig{sigma:.2f}{tag}", params, folder, f"sig{sigma:.2f}"))
+            degradation = IKCDegradation(sigma, scale, KERNEL_SIZE, noise)
+            out.append(Setting(f"sig{sigma:.2f}{tag}", params, degradation, folder, f"sig{sigma:.2f}"))
     return out
 
 
 def _sv_setting(mode: int, scale: int, noise: float) -> Setting:
     params = {**base_params("manet-sv", scale, noise, "replicate", "decimate"), "blur": "aniso",
-              "sv_mode": mode, "block": 40, "domain": "unit"}
-    return Setting(f"sv{mode}{noise_tag(noise)}", params, f"LR_mode{mode}_noise{noise:g}")
+              "sv_mode": mode, "block": BLOCK, "domain": "unit"}
+    degradation = SpatiallyVariantDegradation(mode, scale, KERNEL_SIZE, BLOCK, noise)
+    return Setting(f"sv{mode}{noise_tag(noise)}", params, degradation, f"LR_mode{mode}_noise{noise:g}")
 
 
 def _check_protocol(protocol: str, scale: int) -> None:

@@ -1,6 +1,9 @@
-"""One evaluation degradation, ``Setting``: parameters named with their units, and its seeded LR.
+"""One evaluation degradation, ``Setting``: the degradation that makes its LR, parameters named
+with their units, and its seeded LR.
 
-A setting's ``params`` use the field names of ``../shared/golden/degradation_index.json``, which
+A setting holds its degradation as an object (``FixedDegradation`` for the dasr and manet
+conventions, the classes below for the protocols' other pipelines), made once with the setting;
+its ``params`` describe it for tables and manifests and are never turned back into one. They use the field names of ``../shared/golden/degradation_index.json``, which
 say their units: ``sigma_std`` (isotropic std-dev), ``lambda_1_std``/``lambda_2_std`` with
 ``theta_deg`` (DASR's anisotropic std-devs and degrees), ``sig1_variance``/``sig2_variance`` with
 ``theta_rad`` (MANet's covariance eigenvalues and radians), ``noise`` (std-dev in 0..255 units),
@@ -14,7 +17,7 @@ LR image is the same whatever the order or subset of images evaluated.
 """
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -41,15 +44,79 @@ def noise_seed(seed: int, image_name: str, label: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
 
 
+# ----------------------------------------------------------------------------- degradations
+# Each turns hr (1,3,H,W) float 0..255 into the rounded lr (1,3,H/s,W/s) float 0..255, drawing
+# noise (and random kernels) from ``generator``. ``FixedDegradation`` (data/degradation.py) is the
+# dasr and manet conventions in 0..255; the three below are the protocols' other pipelines.
+
+@dataclass(frozen=True)
+class UnitRangeDegradation:
+    """MANet's test sets: ``blur_downsample`` (noise-free) on the HR scaled to [0,1], then
+    noise * N(0,1) / 255, clip to [0,1], round(x*255)."""
+    blur_downsample: FixedDegradation
+    noise: float
+
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return _unit_quantize(self.blur_downsample.lr_float(hr / 255.0), self.noise, generator)
+
+
+@dataclass(frozen=True)
+class SpatiallyVariantDegradation:
+    """MANet's spatially variant test sets (mode 1-6, ``data.spatially_variant``): a kernel per
+    ``block`` x ``block`` HR block on [0,1], decimation, then MANet's unit-range ending."""
+    mode: int
+    scale: int
+    kernel_size: int
+    block: int
+    noise: float
+
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        kernel_map = sv_kernels(self.mode, hr.shape[-2], hr.shape[-1], self.scale, generator,
+                                size=self.kernel_size, block=self.block)
+        x = decimate(spatially_variant_blur(hr / 255.0, kernel_map, self.block), self.scale)
+        return _unit_quantize(x, self.noise, generator)
+
+
+@dataclass(frozen=True)
+class IKCDegradation:
+    """IKC/DAN's Gaussian8 sets: a centred isotropic kernel (std-dev ``sigma``), reflection
+    padding, MATLAB bicubic with MATLAB's mirrored borders, noise in 0..255, round and clamp."""
+    sigma: float
+    scale: int
+    kernel_size: int
+    noise: float
+
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        kernel = dasr_isotropic_kernel(torch.tensor([self.sigma]), self.kernel_size)
+        x = bicubic_downsample(blur(hr, kernel, "reflect"), self.scale, border="mirror")
+        if self.noise > 0:
+            x = add_noise(x, torch.tensor([self.noise]), generator)
+        return quantize(x)
+
+
+def _unit_quantize(x: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    """MANet's ending on a [0,1] LR: noise*N(0,1)/255, clip to [0,1], round(x*255)."""
+    if noise > 0:
+        x = add_noise(x, torch.tensor([noise / 255.0]), generator).clamp(0, 1)
+    return (x * 255.0).round()
+
+
+Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- the setting
 @dataclass(frozen=True)
 class Setting:
     """One evaluation degradation (a row of a results table).
 
     label: short unique name (table rows, noise seeds); params: JSON-serialisable, unit-named
-    (module docstring); folder: LR folder inside a test-set folder; suffix: an LR file is
-    ``{image}_{suffix}.png`` (``{image}.png`` when empty)."""
+    description (module docstring), made with the degradation; degradation: what makes the LR
+    (None for a setting read from files, whose LR images exist already); folder: LR folder
+    inside a test-set folder; suffix: an LR file is ``{image}_{suffix}.png`` (``{image}.png``
+    when empty)."""
     label: str
     params: dict = field(hash=False)
+    degradation: Optional[Degradation] = field(default=None, hash=False, compare=False)
     folder: str = "LR_mode0_noise0"
     suffix: str = ""
 
@@ -72,56 +139,14 @@ class Setting:
     def degrade(self, hr: np.ndarray, *, seed: int, image_name: str = "") -> np.ndarray:
         """hr uint8 (H, W, 3) RGB -> lr uint8 (H//s, W//s, 3) of ``modcrop(hr, s)`` (the HR to
         score against); random parts use ``noise_seed(seed, image_name, label)``."""
+        if self.degradation is None:
+            raise ValueError(f"setting '{self.label}' was read from a test-set folder and has no "
+                             "degradation to make LR images with")
         if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[2] != 3:
             raise ValueError(f"hr must be uint8 (H, W, 3), got {hr.dtype} {hr.shape}")
         generator = torch.Generator().manual_seed(noise_seed(seed, image_name, self.label))
         x = to_tensor(modcrop(hr, self.scale))[None]                      # (1, 3, H, W) 0..255
-        return to_image(_lr(x, self.params, generator))
-
-
-# ----------------------------------------------------------------------------- pipelines
-def fixed_degradation(params: dict) -> FixedDegradation:
-    """The ``FixedDegradation`` of unit-named ``params`` (convention dasr or manet; blur none,
-    iso or aniso; kernel_size and downsample optional)."""
-    convention, blur_type = params["convention"], params.get("blur", "none")
-    sample_mode = "s-fold" if (convention == "dasr" and params.get("downsample") == "decimate") else "bicubic"
-    common = dict(noise=float(params.get("noise", 0.0)), kernel_size=int(params.get("kernel_size", KERNEL_SIZE)),
-                  sample_mode=sample_mode)
-    if blur_type in ("none", "iso"):
-        return make_fixed_degradation(convention, int(params["scale"]), "iso",
-                                      sig=float(params.get("sigma_std", 0.0)), **common)
-    if convention == "dasr":
-        return make_fixed_degradation("dasr", int(params["scale"]), "aniso", lambda_1=params["lambda_1_std"],
-                                      lambda_2=params["lambda_2_std"], theta=params["theta_deg"], **common)
-    return make_fixed_degradation("manet", int(params["scale"]), "aniso", lambda_1=params["sig1_variance"],
-                                  lambda_2=params["sig2_variance"], theta=params["theta_rad"], **common)
-
-
-def _lr(hr: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    """hr (1,3,H,W) float 0..255 -> lr (1,3,H/s,W/s) float 0..255, rounded."""
-    convention = params["convention"]
-    if convention == "manet-sv":
-        kernel_map = sv_kernels(params["sv_mode"], hr.shape[-2], hr.shape[-1], params["scale"], generator,
-                                size=params["kernel_size"], block=params["block"])
-        x = decimate(spatially_variant_blur(hr / 255.0, kernel_map, params["block"]), params["scale"])
-        return _unit_quantize(x, params, generator)
-    if convention == "manet" and params.get("domain") == "unit":   # MANet's test sets, on [0,1]
-        degradation = fixed_degradation({**params, "noise": 0.0})
-        return _unit_quantize(degradation.lr_float(hr / 255.0), params, generator)
-    if convention == "ikc":      # centred iso kernel, reflect padding, MATLAB bicubic (mirror borders)
-        kernel = dasr_isotropic_kernel(torch.tensor([params["sigma_std"]]), params["kernel_size"])
-        x = bicubic_downsample(blur(hr, kernel, "reflect"), params["scale"], border="mirror")
-        if params["noise"] > 0:
-            x = add_noise(x, torch.tensor([params["noise"]]), generator)
-        return quantize(x)
-    return fixed_degradation(params)(hr, generator)
-
-
-def _unit_quantize(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
-    """MANet's ending on a [0,1] LR: noise*N(0,1)/255, clip to [0,1], round(x*255)."""
-    if params["noise"] > 0:
-        x = add_noise(x, torch.tensor([params["noise"] / 255.0]), generator).clamp(0, 1)
-    return (x * 255.0).round()
+        return to_image(self.degradation(x, generator))
 
 
 # ----------------------------------------------------------------------------- settings
@@ -155,4 +180,4 @@ def fixed_setting(convention: str, scale: int, blur_type: str, *, sig: float,
                       theta_rad=float(theta))
         what = f"aniso var {lambda_1:g}/{lambda_2:g} theta {theta:g} rad"
     what += " s-fold" if convention == "dasr" and decimated else ""
-    return Setting(f"{convention} {what}" + (f" noise {noise:g}" if noise else ""), params)
+    return Setting(f"{convention} {what}" + (f" noise {noise:g}" if noise else ""), params, degradation)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -137,10 +138,11 @@ def _read_foreign(set_dir: Path, dataset: str, lr_folders: Optional[Sequence[str
             match = _MANET_NAME.match(path.stem)
             if match:
                 theta = math.pi / 4 if match["theta"] == "0.8" else float(match["theta"])
-                setting = cdsr_setting(float(match["sig1"]), float(match["sig2"]), theta, scale, noise)
-                setting = Setting(setting.label, setting.params, folder, setting.suffix)
+                setting = replace(cdsr_setting(float(match["sig1"]), float(match["sig2"]), theta,
+                                               scale, noise), folder=folder)
             else:
-                setting = Setting(folder, {"convention": "unknown", "scale": scale, "noise": noise}, folder)
+                setting = Setting(folder, {"convention": "unknown", "scale": scale, "noise": noise},
+                                  folder=folder)
             image = match["image"] if match else path.stem
             entry = grouped.setdefault(setting.label, (setting, [], []))
             entry[1].append((image, _hr_of(hr_dir, path)))
@@ -175,7 +177,7 @@ def read_testset(set_dir: Path, lr_folders: Optional[Sequence[str]] = None,
         hr = [(image["name"], _existing(set_dir / entry["hr_folder"] / f"{image['name']}.png"))
               for image in manifest["images"]]
         for record in entry["settings"]:
-            setting = Setting(record["label"], record["params"], folder, record["file_suffix"])
+            setting = Setting(record["label"], record["params"], folder=folder, suffix=record["file_suffix"])
             lrs = [_existing(set_dir / folder / setting.lr_name(name)) for name, _ in hr]
             sets.append(EvalSet(dataset, setting, hr, lrs))
     return sets

@@ -99,12 +99,14 @@ def test_write_and_read_back_every_protocol(hr_dir, tmp_path, protocol, scale, n
     assert sum(len(f["settings"]) for f in manifest["lr_folders"].values()) == n_settings
     sets = read_testset(set_dir)
     assert len(sets) == n_settings and all(s.dataset == "Tiny" and len(s) == 2 for s in sets)
+    generated = {s.label: s for s in protocol_settings(protocol, scale)}
     for s in sets[:: max(1, n_settings // 6)]:
+        assert s.setting.degradation is None and s.setting.params == generated[s.setting.label].params
         for index in range(2):
             name, lr, hr = s.pair(index)
             assert hr.shape[0] % scale == 0 and hr.shape[1] % scale == 0
             assert lr.shape == (hr.shape[0] // scale, hr.shape[1] // scale, 3)
-            assert np.array_equal(lr, s.setting.degrade(hr, seed=3, image_name=name))
+            assert np.array_equal(lr, generated[s.setting.label].degrade(hr, seed=3, image_name=name))
 
 
 def test_written_files_are_the_generated_sets(hr_dir, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.setting import fixed_degradation
+from data.degradation import FixedDegradation, make_fixed_degradation
 from data.resize import bicubic_downsample
 
 from .common import GoldenResult, compare_abs, failure
@@ -32,13 +32,30 @@ def rounded_results(name: str, ours: np.ndarray, ref: np.ndarray, allowed: float
                                 count <= allowed, "values")]
 
 
+def index_degradation(params: dict) -> FixedDegradation:
+    """Our degradation of an index entry's plain fields (convention dasr or manet; blur none,
+    iso or aniso; sigma_std, lambda_*_std with theta_deg, or sig*_variance with theta_rad)."""
+    convention, blur_type = params["convention"], params.get("blur", "none")
+    sample_mode = "s-fold" if (convention == "dasr" and params.get("downsample") == "decimate") else "bicubic"
+    common = dict(noise=float(params.get("noise", 0.0)), kernel_size=int(params.get("kernel_size", 21)),
+                  sample_mode=sample_mode)
+    if blur_type in ("none", "iso"):
+        return make_fixed_degradation(convention, int(params["scale"]), "iso",
+                                      sig=float(params.get("sigma_std", 0.0)), **common)
+    if convention == "dasr":
+        return make_fixed_degradation("dasr", int(params["scale"]), "aniso", lambda_1=params["lambda_1_std"],
+                                      lambda_2=params["lambda_2_std"], theta=params["theta_deg"], **common)
+    return make_fixed_degradation("manet", int(params["scale"]), "aniso", lambda_1=params["sig1_variance"],
+                                  lambda_2=params["sig2_variance"], theta=params["theta_rad"], **common)
+
+
 def _check_case(golden_dir: Path, case: str, entry: dict, hr: torch.Tensor) -> list[GoldenResult]:
     params = entry["params"]
     load = lambda key: np.load(golden_dir / entry[key])  # noqa: E731
     if params.get("operation") == "matlab_bicubic_downsample_only":
         ours = bicubic_downsample(hr[:, 0], int(params["scale"]), border="clamp")
         return [compare_abs(f"{case}/bicubic", ours, load("file"), FLOAT_ATOL)]
-    degradation = fixed_degradation(params)
+    degradation = index_degradation(params)
     results = []
     if "kernel" in entry:
         kernel = degradation.kernel()
