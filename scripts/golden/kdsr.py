@@ -284,8 +284,7 @@ def train_step(name: str, script: str, trainer_module: str, role: str, root: Pat
              "their_trainer": f"{trainer_module}.py Trainer.train() (one epoch, one batch)",
              "their_argv": [*recipe, *CPU_FLAGS,
                             *(f"{flag}=<the golden teacher>" for flag in pre_train)],
-             "trains": "teacher" if role == "t" else "student", "epoch": record["epoch"],
-             "learning_rate": record["lr"], "optimizer": record["optimizer"],
+             "trains": "teacher" if role == "t" else "student",
              "saved_file_keys": len(saved), "saved_keys_equal_eval_listing": None,
              "grad_keys": sorted(k for k in keys if f"grad__{k}" in arrays),
              "no_grad_keys": sorted(k for k in keys if f"grad__{k}" not in arrays),
@@ -361,7 +360,8 @@ def run_recorded(trainer, trainer_module: str, teacher: torch.nn.Module, trained
         arrays["student_kd_features"] = seen["s_fea"].detach().numpy()
         arrays["student_embedding"] = seen["s_emb"].detach().numpy()
     group = trainer.optimizer.param_groups[0]
-    return {"arrays": arrays, "epoch": trainer.scheduler.last_epoch + 1, "lr": group["lr"],
+    return {"arrays": arrays, "epoch": trainer.scheduler.last_epoch + 1,
+            "learning_rate": group["lr"],
             "optimizer": {"type": type(trainer.optimizer).__name__, "betas": list(group["betas"]),
                           "eps": group["eps"], "weight_decay": group["weight_decay"],
                           "n_parameters": sum(p.numel() for g in trainer.optimizer.param_groups
@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = opts.out.resolve()
     fill = fill_module(out)
     install_shims()
-    index = {"provenance": provenance(root),
+    index = {"provenance": provenance(),
              "weights": {"fill": "fill.py fill_state_dict(shapes, scale_overrides) over every "
                                  "saved key (shapes from kdsr_keys_*.json)",
                          "scale_overrides": SCALE_OVERRIDES,
@@ -428,10 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def provenance(root: Path) -> dict:
+def provenance() -> dict:
     import scipy
     return {"repository": REPOSITORY, "folder": "KDSR-classic", "commit": COMMIT,
-            "checkout": str(root), "python": platform.python_version(),
+            "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
             "shims": ["Tensor.cuda and Module.cuda are no-ops (scripts/authors_code.py)",
