@@ -180,6 +180,11 @@ def _mean_shift_atol(model_name: str) -> float:
     return _MEAN_SHIFT_ATOL * (255 if model_name == "dasr" else 1)
 
 
+def authors_model_names() -> list[str]:
+    """The registry names whose authors' code exists (and so their checkpoint format)."""
+    return sorted(_RULES)
+
+
 def _authors_model(model_name: str) -> str:
     name = str(model_name).lower()
     if name not in _RULES:

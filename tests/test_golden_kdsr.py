@@ -123,6 +123,20 @@ def test_the_wrong_role_size_or_meanshift_is_refused():
         infer_authors_model(cut)
 
 
+def test_convert_checkpoint_takes_kdsr_both_ways(tmp_path):
+    from scripts import convert_checkpoint
+    theirs = authors_state(GOLDEN, "kdsr-s-m", 4)
+    torch.save(theirs, tmp_path / "KDSRsM_iso_x4.pt")                # their published file name
+    parser = convert_checkpoint.build_parser()
+    convert_checkpoint.convert(parser.parse_args([str(tmp_path / "KDSRsM_iso_x4.pt"),
+                                                  str(tmp_path / "ours.pt"), "--to", "ours",
+                                                  "--model", "kdsr-s-m"]))
+    convert_checkpoint.convert(parser.parse_args([str(tmp_path / "ours.pt"),
+                                                  str(tmp_path / "back.pt"), "--to", "authors"]))
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert list(back) == list(theirs) and all(torch.equal(back[k], theirs[k]) for k in theirs)
+
+
 # ----------------------------------------------------------------------------- training steps
 def _our_key(key: str, name: str) -> str:
     return map_authors_key(key, name)
@@ -204,3 +218,4 @@ def test_one_training_step_matches_the_authors(step_name):
             assert np.array_equal(ours, arrays[f"init__{key}"]), key
     frozen = teacher.state_dict()["encoder.feature_mlp.fc2.bias"].reshape(-1)[:256].numpy()
     assert np.array_equal(frozen, arrays["post__teacher__E.mlp.2.bias"]) or step["trains"] == "teacher"
+
