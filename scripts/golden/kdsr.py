@@ -23,19 +23,15 @@ Written (all described, with shapes and units, in ``kdsr_index.json``; see READM
   of the weights before and after their Adam step.
 """
 import argparse
-import contextlib
 import importlib
-import io
 import json
 import os
 import platform
-import re
-import shlex
 import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,121 +42,19 @@ if str(ROOT) not in sys.path:
 
 from scripts.authors_code import (AuthorsError, checkout_on_path, checkout_root,  # noqa: E402
                                   install_shims)
+from scripts.golden.kdsr_authors import (SCALE_OVERRIDES, THEIR_TOPS, fill_module,  # noqa: E402
+                                         golden_state, keys_listing, their_args)
+from scripts.golden.kdsr_steps import TRAIN_HR, TRAIN_STEPS, train_step  # noqa: E402
 
 REPOSITORY = "github.com/Zj-BinXia/KDSR"
 COMMIT = "c7c9e81"
-# Their top-level modules; ours of the same names are set aside while theirs run.
-THEIR_TOPS = ("model", "model_TA", "model_ST", "utils", "utility", "utility2", "utility3", "loss",
-              "data", "option", "template", "trainer_iso_stage3", "trainer_iso_stage4",
-              "trainer_anisonoise_stage3", "trainer_anisonoise_stage4")
 SIZE_FLAGS = {"m": [], "l": ["--n_feats", "128", "--n_blocks", "28", "--n_resblocks", "5"]}
 ROLE_MODULES = {"t": ("model_TA", "E"), "s": ("model_ST", "E_st")}
 EVAL_CASES = [("t", "m", 4), ("s", "m", 4), ("t", "m", 2), ("s", "m", 2), ("t", "l", 4),
               ("s", "l", 4)]
 EVAL_LR = (2, 3, 16, 16)
-TRAIN_HR = (2, 3, 96, 96)
-TRAIN_SCALE = 4
-# With fill.py's plain scales each of the 53 generator blocks more than doubles its input
-# (outputs ~1e26); a trained network's residual branches are small, and so are these.
-SCALE_OVERRIDES = [{"pattern": r"G\.body\.0\.body\.\d+\.conv1\.weight", "factor": 0.1}]
-# Their own flags for one CPU (their Loss expects DataParallel whenever n_GPUs > 1).
-CPU_FLAGS = ("--cpu", "True", "--n_GPUs", "1")
-SLICE = 256  # leading elements (row-major) kept of each recorded weight or gradient
-# (name, their script, trainer module, role trained)
-TRAIN_STEPS = [
-    ("stage3_iso", "main_iso_KDSRsMx4_stage3.sh", "trainer_iso_stage3", "t"),
-    ("stage4_iso", "main_iso_KDSRsMx4_stage4.sh", "trainer_iso_stage4", "s"),
-    ("stage4_anisonoise_encoder", "main_anisonoise_KDSRsMx4_stage4.sh",
-     "trainer_anisonoise_stage4", "s"),
-]
 
 
-def recorded_keys(encoder: str, n_resblocks: int = 9, n_blocks: int = 53) -> list[str]:
-    """Their keys whose slices the training goldens keep (M size)."""
-    last = n_blocks - 1
-    widen = [n_resblocks + 2, n_resblocks + 6]
-    return ["G.sub_mean.bias", "G.head.0.weight", "G.head.0.bias",
-            "G.body.0.body.0.da_conv1.kernel.0.weight", "G.body.0.body.0.da_conv1.kernel.2.weight",
-            "G.body.0.body.0.conv1.weight", f"G.body.0.body.{last}.da_conv1.kernel.2.weight",
-            f"G.body.0.body.{last}.conv1.bias", "G.body.1.weight", "G.tail.0.0.weight",
-            "G.tail.0.2.bias", "G.tail.1.weight", "G.tail.1.bias",
-            f"{encoder}.E.0.weight", f"{encoder}.E.0.bias", f"{encoder}.E.2.body.0.weight",
-            f"{encoder}.E.{n_resblocks + 1}.body.2.bias", f"{encoder}.E.{widen[0]}.weight",
-            f"{encoder}.E.{widen[1]}.weight", f"{encoder}.mlp.0.weight", f"{encoder}.mlp.2.bias",
-            f"{encoder}.compress.0.weight", f"{encoder}.compress.0.bias"]
-
-
-# ----------------------------------------------------------------------------- their pieces
-def fill_module(folder: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("golden_fill", folder / "fill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def their_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Their ``option.args`` for a command line (their option.py parses sys.argv on import)."""
-    for name in ("option", "template"):
-        sys.modules.pop(name, None)
-    saved = sys.argv
-    sys.argv = ["option.py", *map(str, argv)]
-    try:
-        return importlib.import_module("option").args
-    finally:
-        sys.argv = saved
-
-
-def recipe_argv(script: Path) -> list[str]:
-    """The arguments of the python command in one of their .sh files, without --dir_data and
-    the --pre_train_* paths (replaced by the golden weights)."""
-    words = shlex.split(script.read_text().replace("\\\n", " "), comments=True)
-    start = next(i for i, w in enumerate(words) if w.endswith(".py")) + 1
-    dropped = ("--dir_data", "--pre_train_TA", "--pre_train_ST")
-    return [w for w in words[start:] if not w.startswith(dropped)]
-
-
-def scale_overrides(keys: Sequence[str]) -> dict[str, float]:
-    """fill.py's ``scale_overrides`` for these keys (``SCALE_OVERRIDES``)."""
-    return {key: rule["factor"] for key in keys for rule in SCALE_OVERRIDES
-            if re.fullmatch(rule["pattern"], key)}
-
-
-def golden_state(net: torch.nn.Module, fill: types.ModuleType) -> dict:
-    """fill.py over every key of ``net`` (their saved keys) with ``SCALE_OVERRIDES``, except
-    the MeanShift constants, which keep the values their constructor built."""
-    own = net.state_dict()
-    filled = fill.fill_state_dict({k: tuple(v.shape) for k, v in own.items()},
-                                  scale_overrides(list(own)))
-    for key in own:
-        if "sub_mean" in key or "add_mean" in key:
-            filled[key] = own[key].detach().clone()
-    return filled
-
-
-def keys_listing(state: dict, role: str, size: str, scale: int, source: str) -> dict:
-    keys = [{"key": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
-            for k, v in state.items()]
-    return {"model": f"kdsr-{role}-{size}", "scale": scale, "n_keys": len(keys),
-            "n_values": int(sum(v.numel() for v in state.values())), "source": source,
-            "keys": keys}
-
-
-def leading(t: torch.Tensor) -> np.ndarray:
-    return t.detach().reshape(-1)[:SLICE].numpy().copy()
-
-
-@contextlib.contextmanager
-def patched(owner: object, name: str, wrap: Callable) -> Iterator[None]:
-    """Temporarily replace ``owner.name`` by ``wrap(original)`` (a recording shim)."""
-    original = getattr(owner, name)
-    setattr(owner, name, wrap(original))
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
-
-# ----------------------------------------------------------------------------- eval
 def eval_case(role: str, size: str, scale: int, fill: types.ModuleType, out: Path) -> dict:
     package, encoder_name = ROLE_MODULES[role]
     args = their_args(["--scale", scale, *SIZE_FLAGS[size]])
@@ -170,9 +64,9 @@ def eval_case(role: str, size: str, scale: int, fill: types.ModuleType, out: Pat
     net.load_state_dict(state, strict=True)
     net.eval()
     tag = f"kdsr_{role}_{size}_x{scale}"
-    (out / f"kdsr_keys_{role}_{size}_x{scale}.json").write_text(json.dumps(
-        keys_listing(net.state_dict(), role, size, scale, f"{package}/blindsr.py BlindSR(args)"
-                     ".state_dict(), what their Model.save / trainers save"), indent=1))
+    (out / f"kdsr_keys_{role}_{size}_x{scale}.json").write_text(keys_listing(
+        net.state_dict(), role, size, scale, f"{package}/blindsr.py BlindSR(args).state_dict(), "
+        "what their Model.save and trainers save"))
     lr255, hr255 = eval_inputs(fill, scale, out)
     lr = torch.from_numpy(lr255.astype(np.float32)) / 255
     hr = torch.from_numpy(hr255.astype(np.float32)) / 255
@@ -214,162 +108,6 @@ def eval_inputs(fill: types.ModuleType, scale: int, out: Path) -> tuple[np.ndarr
     return lr, hr
 
 
-# ----------------------------------------------------------------------------- training
-class _Checkpoint:
-    """What their trainers use of ``utility.checkpoint``: ``dir`` (model/ and optimzer/ in a
-    scratch folder), ``log``, ``write_log``."""
-
-    def __init__(self, folder: Path):
-        self.dir = str(folder)
-        self.log = torch.Tensor()
-        for sub in ("model", "optimzer"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-
-    def write_log(self, text: str, refresh: bool = False) -> None:
-        print(text)
-
-    def add_log(self, log: torch.Tensor) -> None:
-        self.log = torch.cat([self.log, log])
-
-
-def train_step(name: str, script: str, trainer_module: str, role: str, root: Path,
-               fill: types.ModuleType, hr255: np.ndarray,
-               scratch: Path) -> tuple[dict, dict, dict]:
-    """One ``Trainer.train()`` of theirs on the golden batch, as their main_*.py sets it up
-    (the data loader replaced by the one golden batch); returns (index entry, arrays, the
-    state dict their trainer saved)."""
-    recipe = recipe_argv(root / script)
-    teacher_file = scratch / "teacher.pt"
-    pre_train = ["--pre_train_TA", "--pre_train_ST"] if role == "s" else ["--pre_train_TA"]
-    args = their_args([*recipe, *CPU_FLAGS, *(f"{flag}={teacher_file}" for flag in pre_train)])
-    # The teacher's golden weights, where their --pre_train_TA (and --pre_train_ST) read them.
-    teacher_state = golden_state(importlib.import_module("model_TA.blindsr").BlindSR(args), fill)
-    torch.save(teacher_state, teacher_file)
-    torch.manual_seed(args.seed)                                       # as their main_*.py
-    ckp = _Checkpoint(scratch / name)
-    hr = torch.stack([importlib.import_module("data.common").np2Tensor(img.transpose(1, 2, 0),
-                                                                        rgb_range=args.rgb_range)
-                      for img in hr255])                               # as their loader
-    loader = types.SimpleNamespace(loader_train=[(hr, ["golden"])], loader_test=[])
-    teacher = importlib.import_module("model_TA").Model(args, ckp)     # loads --pre_train_TA
-    if role == "t":
-        loss = importlib.import_module("loss").Loss(args, ckp)
-        trainer = importlib.import_module(trainer_module).Trainer(args, loader, teacher, loss, ckp)
-        trained, encoder_name = teacher.get_model(), "E"
-    else:
-        student = importlib.import_module("model_ST").Model(args, ckp)  # the teacher's G (strict=False)
-        student_state = golden_state(student.get_model(), fill)
-        for key in student_state:                   # their G = the teacher's, by fill's design
-            if key in teacher_state:
-                assert torch.equal(student_state[key], teacher_state[key]), key
-        student.get_model().load_state_dict(student_state, strict=True)  # E_st: fill.py
-        loss = importlib.import_module("loss").Loss(args, ckp)
-        trainer = importlib.import_module(trainer_module).Trainer(args, loader, student, teacher,
-                                                                   loss, ckp)
-        trained, encoder_name = student.get_model(), "E_st"
-    keys = recorded_keys(encoder_name)
-    named = dict(trained.named_parameters())
-    arrays = {f"init__{k}": leading(trained.state_dict()[k]) for k in keys}
-    record = run_recorded(trainer, trainer_module, teacher.get_model(), trained, role)
-    arrays.update(record.pop("arrays"))
-    for key in keys:
-        arrays[f"post__{key}"] = leading(trained.state_dict()[key])
-        grad = named[key].grad if key in named else None
-        if grad is not None:
-            arrays[f"grad__{key}"] = leading(grad)
-    arrays["post__teacher__E.mlp.2.bias"] = leading(teacher.get_model().state_dict()["E.mlp.2.bias"])
-    saved = torch.load(Path(ckp.dir) / "model" / ("model_TA_last.pt" if role == "t"
-                                                   else "model_ST_last.pt"), map_location="cpu")
-    entry = {"file": f"kdsr_train_{name}.npz", "their_script": script,
-             "their_trainer": f"{trainer_module}.py Trainer.train() (one epoch, one batch)",
-             "their_argv": [*recipe, *CPU_FLAGS,
-                            *(f"{flag}=<the golden teacher>" for flag in pre_train)],
-             "trains": "teacher" if role == "t" else "student",
-             "saved_file_keys": len(saved), "saved_keys_equal_eval_listing": None,
-             "grad_keys": sorted(k for k in keys if f"grad__{k}" in arrays),
-             "no_grad_keys": sorted(k for k in keys if f"grad__{k}" not in arrays),
-             "recorded_keys": keys}
-    entry.update(record)
-    return entry, arrays, saved
-
-
-def run_recorded(trainer, trainer_module: str, teacher: torch.nn.Module, trained: torch.nn.Module,
-                 role: str) -> dict:
-    """``trainer.train()`` with recording shims: the loss given to backward, the L1 and KL
-    terms, the degradation's LR and kernel, the encoders' features and the SR."""
-    util2 = importlib.import_module("utils.util2")
-    module = importlib.import_module(trainer_module)
-    seen: dict = {"kl": []}
-
-    def on_backward(original):
-        def backward(self, *a, **k):
-            seen["total"] = self.detach().clone()
-            return original(self, *a, **k)
-        return backward
-
-    def on_degrade(original):
-        def call(self, hr, random=True):
-            lr, hr_blur = original(self, hr, random)
-            seen["lr"] = lr.clone()
-            return lr, hr_blur
-        return call
-
-    def on_blur(original):
-        def forward(self, x, kernel):
-            seen["kernel"] = kernel.detach().clone()
-            return original(self, x, kernel)
-        return forward
-
-    functional = types.SimpleNamespace(**{k: getattr(module.F, k) for k in dir(module.F)
-                                          if not k.startswith("__")})
-
-    def kl_div(*a, **k):
-        value = torch.nn.functional.kl_div(*a, **k)
-        seen["kl"].append(value.detach().clone())
-        return value
-    functional.kl_div = kl_div
-    hooks = [teacher.E.register_forward_hook(lambda m, i, o: seen.update(t_emb=o[0], t_fea=o[1][0])),
-             trained.G.register_forward_hook(lambda m, i, o: seen.update(sr=o.detach().clone()))]
-    if role == "s":
-        hooks.append(trained.E_st.register_forward_hook(
-            lambda m, i, o: seen.update(s_emb=o[0], s_fea=o[1][0])))
-    l1_module = trainer.loss1 if role == "t" else trainer.loss
-    hooks.append(l1_module.register_forward_hook(lambda m, i, o: seen.update(l1=o.detach().clone())))
-    log = io.StringIO()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(patched(torch.Tensor, "backward", on_backward))
-        stack.enter_context(patched(util2.SRMDPreprocessing, "__call__", on_degrade))
-        stack.enter_context(patched(util2.BatchBlur, "forward", on_blur))
-        stack.enter_context(patched(module, "F", lambda original: functional))
-        stack.enter_context(contextlib.redirect_stdout(log))
-        trainer.train()
-    for hook in hooks:
-        hook.remove()
-    lr = seen["lr"]
-    lr255 = (lr * 255).round()
-    assert torch.equal(lr, lr255 / 255), "their LR is not k/255"   # so uint8 stores it exactly
-    arrays = {"lr": lr255.to(torch.uint8).numpy(), "kernel": seen["kernel"][0].numpy(),
-              "loss_total": seen["total"].numpy(), "teacher_kd_features": seen["t_fea"].detach().numpy(),
-              "teacher_embedding": seen["t_emb"].detach().numpy()}
-    if "l1" in seen:
-        arrays["loss_l1"] = seen["l1"].numpy()
-        arrays["sr_slice"] = seen["sr"][:, :, :16, :16].numpy()
-    if seen["kl"]:
-        arrays["loss_kd"] = seen["kl"][0].numpy()
-    if role == "s":
-        arrays["student_kd_features"] = seen["s_fea"].detach().numpy()
-        arrays["student_embedding"] = seen["s_emb"].detach().numpy()
-    group = trainer.optimizer.param_groups[0]
-    return {"arrays": arrays, "epoch": trainer.scheduler.last_epoch + 1,
-            "learning_rate": group["lr"],
-            "optimizer": {"type": type(trainer.optimizer).__name__, "betas": list(group["betas"]),
-                          "eps": group["eps"], "weight_decay": group["weight_decay"],
-                          "n_parameters": sum(p.numel() for g in trainer.optimizer.param_groups
-                                              for p in g["params"])},
-            "losses": {k: float(v) for k, v in arrays.items() if k.startswith("loss_")}}
-
-
-# ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--authors_kdsr", required=True, metavar="DIR",
