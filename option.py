@@ -338,7 +338,7 @@ def _given(argv: Optional[List[str]], flag: str) -> bool:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ValueError with one clear sentence for values that make no sense."""
-    from model.names import canonical_name
+    from model import canonical_name
     positive = ("patch_size", "batch_size", "test_every", "print_every", "queue_size",
                 "lr_decay_encoder", "lr_decay_sr", "n_GPUs", "max_bad_steps")
     for name in positive:

@@ -1,7 +1,9 @@
-"""The authors' checkpoint format: raw ``BlindSR.state_dict()``s (keys ``G.*``, ``E.encoder_q.*``;
-no MoCo ``E.encoder_k.*``, ``E.queue``, ``E.queue_ptr``). Their key names map to ours through the
-rule tables ``_RULES`` (one per published model, both directions); ``infer_authors_model`` reads
-model and scale from keys and shapes. Loading: ``model.checkpoint.load_weights``."""
+"""The authors' checkpoint format: raw ``BlindSR.state_dict()``s. CDSR and DASR: keys ``G.*``,
+``E.encoder_q.*`` (no MoCo ``E.encoder_k.*``, ``E.queue``, ``E.queue_ptr``). KDSR: ``G.*`` and
+the teacher's ``E.*`` or the student's ``E_st.*`` (their trainers save the whole state dict,
+without a ``module.`` prefix). Their key names map to ours through the rule tables ``_RULES``
+(one per published model, both directions); ``infer_authors_model`` reads model and scale from
+keys and shapes. Loading: ``model.checkpoint.load_weights``."""
 import math
 import re
 from dataclasses import dataclass
@@ -9,8 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from .dasr import DIV2K_RGB_MEAN, div2k_mean_255
+from .kdsr import SIZES, KDSRTeacher, kdsr_name
 
 _LEAVES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+AUTHORS_KEY_PREFIXES = ("G.", "E.", "E_st.")  # every key of an authors' checkpoint starts so
 KEY_ENCODER = "encoder.key_encoder."
 MOCO_STATE = ("encoder.queue", "encoder.queue_ptr")
 _LIST_LIMIT = 12  # how many keys an error message lists per category
@@ -113,22 +117,72 @@ def _top_rules(generator: tuple, encoder: tuple) -> tuple[_Rule, ...]:
     )
 
 
-_RULES = {"cdsr": _top_rules(_CDSR_GENERATOR, _CDSR_ENCODER),
-          "dasr": _top_rules(_DASR_GENERATOR, _DASR_ENCODER)}
+_KDSR_GENERATOR = (
+    _Rule("head.0", "head_conv"),
+    _Rule("body.0.body.{j}.da_conv1.kernel.0", "blocks.{j}.dynamic_conv.kernel_mlp.fc1"),
+    _Rule("body.0.body.{j}.da_conv1.kernel.2", "blocks.{j}.dynamic_conv.kernel_mlp.fc2"),
+    _Rule("body.0.body.{j}.conv1", "blocks.{j}.conv"),  # the authors' single DAG, then its conv
+    _Rule("body.1", "body_conv"),
+    _Rule("tail.0.{i*2}", "upsampler.{i}.conv"),
+    _Rule("tail.1", "tail_conv"),
+)
 
-# DASR's MeanShift layers: constants in the authors' files, non-persistent buffers in ours.
-_MEAN_SHIFT_ATOL = 1e-3
+
+def _kdsr_encoder(n_resblocks: int) -> tuple[_Rule, ...]:
+    """Their ``E`` is one Sequential: conv, act, n residual blocks, then conv/act three times and
+    the pooling; the indices of the last three convs depend on n."""
+    n = n_resblocks
+    return (
+        _Rule("E.0", "first_conv"),
+        _Rule("E.{i+2}.body.0", "res_blocks.{i}.conv1"),
+        _Rule("E.{i+2}.body.2", "res_blocks.{i}.conv2"),
+        _Rule(f"E.{n + 2}", "widen.0"),
+        _Rule(f"E.{n + 4}", "widen.1"),
+        _Rule(f"E.{n + 6}", "widen.2"),
+        _Rule("mlp.0", "feature_mlp.fc1"),
+        _Rule("mlp.2", "feature_mlp.fc2"),
+        _Rule("compress.0", "degradation_proj"),
+    )
+
+
+def _kdsr_rules(role: str, size: str) -> tuple[_Rule, ...]:
+    encoder = "E" if role == "t" else "E_st"  # the teacher's BlindSR calls it E, the student's E_st
+    return (_Rule("G", "generator", _KDSR_GENERATOR),
+            _Rule(encoder, "encoder", _kdsr_encoder(SIZES[size].n_resblocks)))
+
+
+_RULES = {"cdsr": _top_rules(_CDSR_GENERATOR, _CDSR_ENCODER),
+          "dasr": _top_rules(_DASR_GENERATOR, _DASR_ENCODER),
+          **{kdsr_name(role, size): _kdsr_rules(role, size) for role in "ts" for size in SIZES}}
+
+# MeanShift layers (DASR, KDSR): constants in the authors' files, non-persistent buffers in ours.
+# DASR's are in 0..255 units, KDSR's in [0,1] (their rgb_range 1); the check allows 1e-3 grey
+# levels either way.
+_MEAN_SHIFT_ATOL = 1e-3 / 255
 
 
 def authors_constants(model_name: str) -> dict[str, torch.Tensor]:
-    """The authors' saved keys that hold constants we do not store (DASR's MeanShift), with
-    their standard values (float32); empty for CDSR."""
-    if _authors_model(model_name) != "dasr":
+    """The authors' saved keys that hold constants we do not store (the MeanShift of DASR and
+    KDSR), with their standard values (float32); empty for CDSR."""
+    name = _authors_model(model_name)
+    if name == "dasr":
+        mean = div2k_mean_255()
+    elif name.startswith("kdsr"):
+        mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float32)
+    else:
         return {}
-    mean = div2k_mean_255()
     eye = torch.eye(3).view(3, 3, 1, 1)
     return {"G.sub_mean.weight": eye, "G.sub_mean.bias": -mean,
             "G.add_mean.weight": eye.clone(), "G.add_mean.bias": mean.clone()}
+
+
+def _mean_shift_atol(model_name: str) -> float:
+    return _MEAN_SHIFT_ATOL * (255 if model_name == "dasr" else 1)
+
+
+def authors_model_names() -> list[str]:
+    """The registry names whose authors' code exists (and so their checkpoint format)."""
+    return sorted(_RULES)
 
 
 def _authors_model(model_name: str) -> str:
@@ -204,8 +258,8 @@ def _map_key(key: str, model_name: str, source: str, target: str) -> str:
 
 def map_authors_key(key: str, model_name: str) -> str:
     """Our name for one of the authors' keys (also ``E.encoder_k.*``, ``E.queue``,
-    ``E.queue_ptr``); KeyError for unknown keys and for DASR's MeanShift constants
-    (see ``authors_constants``)."""
+    ``E.queue_ptr``); KeyError for unknown keys and for the MeanShift constants of DASR and
+    KDSR (see ``authors_constants``)."""
     return _map_key(key, model_name, "authors", "ours")
 
 
@@ -216,7 +270,7 @@ def map_our_key(key: str, model_name: str) -> str:
 
 def split_authors_state(state_dict: dict, model_name: str) -> tuple[dict, list[str]]:
     """(mapped state dict in our names, authors' keys that map to nothing); checks and drops
-    DASR's MeanShift constants."""
+    the MeanShift constants (DASR, KDSR)."""
     name = _authors_model(model_name)
     constants = authors_constants(name)
     mapped, unknown = {}, []
@@ -225,10 +279,11 @@ def split_authors_state(state_dict: dict, model_name: str) -> tuple[dict, list[s
             expected = constants[key]
             if (tuple(value.shape) != tuple(expected.shape)
                     or not torch.allclose(value.detach().cpu().double(), expected.double(),
-                                          rtol=0, atol=_MEAN_SHIFT_ATOL)):
-                raise CheckpointError(f"{key} does not hold DASR's MeanShift constant (identity "
-                                      f"weight, bias -/+255*{DIV2K_RGB_MEAN}), which this "
-                                      "framework keeps fixed")
+                                          rtol=0, atol=_mean_shift_atol(name))):
+                units = "255*" if name == "dasr" else ""
+                raise CheckpointError(f"{key} does not hold {name.upper()}'s MeanShift constant "
+                                      f"(identity weight, bias -/+{units}{DIV2K_RGB_MEAN}), "
+                                      "which this framework keeps fixed")
             continue
         try:
             mapped[map_authors_key(key, name)] = value
@@ -238,8 +293,8 @@ def split_authors_state(state_dict: dict, model_name: str) -> tuple[dict, list[s
 
 
 def authors_to_ours(state_dict: dict, model_name: str) -> dict:
-    """Rename an authors' state dict to our keys (same tensors). DASR's MeanShift constants are
-    checked and dropped. CheckpointError for keys that have no counterpart."""
+    """Rename an authors' state dict to our keys (same tensors). MeanShift constants (DASR,
+    KDSR) are checked and dropped. CheckpointError for keys that have no counterpart."""
     mapped, unknown = split_authors_state(state_dict, model_name)
     if unknown:
         raise CheckpointError(f"unknown {model_name.upper()} authors' key(s): {listing(unknown)}")
@@ -248,7 +303,7 @@ def authors_to_ours(state_dict: dict, model_name: str) -> dict:
 
 def ours_to_authors(state_dict: dict, model_name: str, *, keep_momentum: bool = False) -> dict:
     """Rename our state dict to the authors' keys, as their trainer saves it: without the key
-    encoder and the queue unless ``keep_momentum``; DASR's MeanShift constants are added."""
+    encoder and the queue unless ``keep_momentum``; MeanShift constants (DASR, KDSR) are added."""
     name = _authors_model(model_name)
     out = dict(authors_constants(name))
     for key, value in state_dict.items():
@@ -271,6 +326,8 @@ def infer_authors_model(state_dict: dict) -> tuple[str, int]:
     """(model name, scale) of an authors' state dict, from its key names and upsampler shapes."""
     keys = state_dict.keys()
     try:
+        if "E_st.E.0.weight" in state_dict or "E.E.0.weight" in state_dict:
+            return _infer_kdsr(state_dict)
         if any(k.startswith("G.RRDB_trunk.") for k in keys):
             channels = state_dict["G.upsampler.0.weight"].shape[0]
             if channels % 3:
@@ -278,20 +335,53 @@ def infer_authors_model(state_dict: dict) -> tuple[str, int]:
                                       "output channels, not 3*s^2")
             return "cdsr", _square_root(channels // 3, "G.upsampler.0 (3*s^2)")
         if any(k.startswith("G.body.") for k in keys):
-            n_feats = state_dict["G.head.0.weight"].shape[0]
-            scale, stage = 1, 0
-            while f"G.tail.0.{2 * stage}.weight" in state_dict:
-                channels = state_dict[f"G.tail.0.{2 * stage}.weight"].shape[0]
-                scale *= _square_root(channels // n_feats, f"G.tail.0.{2 * stage}")
-                stage += 1
-            if stage == 0:
-                raise KeyError("G.tail.0.0.weight")
-            return "dasr", scale
+            return "dasr", _upsampler_scale(state_dict)
     except KeyError as missing:
         raise CheckpointError(f"authors' checkpoint lacks {missing.args[0]}; "
                               "cannot infer its scale") from None
-    raise CheckpointError("authors' checkpoint is neither CDSR (G.RRDB_trunk.*) "
-                          "nor DASR (G.body.*)")
+    raise CheckpointError("authors' checkpoint is neither CDSR (G.RRDB_trunk.*), DASR "
+                          "(G.body.*, E.encoder_q.*) nor KDSR (G.body.*, E.E.* or E_st.E.*)")
+
+
+def _upsampler_scale(state_dict: dict) -> int:
+    """The scale of the EDSR upsampler ``G.tail.0`` (DASR, KDSR): product over its stages."""
+    n_feats = state_dict["G.head.0.weight"].shape[0]
+    scale, stage = 1, 0
+    while f"G.tail.0.{2 * stage}.weight" in state_dict:
+        channels = state_dict[f"G.tail.0.{2 * stage}.weight"].shape[0]
+        scale *= _square_root(channels // n_feats, f"G.tail.0.{2 * stage}")
+        stage += 1
+    if stage == 0:
+        raise KeyError("G.tail.0.0.weight")
+    return scale
+
+
+def _count(state_dict: dict, pattern: str) -> int:
+    """How many distinct indices ``pattern`` (a regex with one group) matches among the keys."""
+    return len({m[1] for m in map(re.compile(pattern).fullmatch, state_dict) if m})
+
+
+def _infer_kdsr(state_dict: dict) -> tuple[str, int]:
+    role = "s" if "E_st.E.0.weight" in state_dict else "t"
+    encoder = "E_st" if role == "s" else "E"
+    scale = _upsampler_scale(state_dict)
+    widths = (state_dict["G.head.0.weight"].shape[0],
+              _count(state_dict, r"G\.body\.0\.body\.(\d+)\.conv1\.weight"),
+              _count(state_dict, rf"{encoder}\.E\.(\d+)\.body\.0\.weight"))
+    size = next((s for s, w in SIZES.items()
+                 if (w.n_feats, w.n_blocks, w.n_resblocks) == widths), None)
+    if size is None:
+        published = ", ".join(f"{s.upper()} {(w.n_feats, w.n_blocks, w.n_resblocks)}"
+                              for s, w in SIZES.items())
+        raise CheckpointError(f"authors' KDSR checkpoint has (n_feats, n_blocks, n_resblocks) = "
+                              f"{widths}, not a published size ({published})")
+    in_channels = state_dict[f"{encoder}.E.0.weight"].shape[1]
+    expected = KDSRTeacher.encoder_channels(scale) if role == "t" else 3
+    if in_channels != expected:
+        raise CheckpointError(f"authors' KDSR checkpoint: {encoder}.E.0 reads {in_channels} "
+                              f"channels but a x{scale} {'teacher' if role == 't' else 'student'} "
+                              f"encoder reads {expected}")
+    return kdsr_name(role, size), scale
 
 
 def authors_key_note(key: str, model_name: str) -> str:

@@ -1,13 +1,21 @@
-"""The contract of every registered blind-SR model (CDSR, DASR and their variants).
+"""The contract of every registered blind-SR model (CDSR, DASR, their variants and KDSR).
 
-A model is a MoCo-trained degradation encoder (``model.encoder``, see ``model/moco.py``) and a
-generator conditioned on the encoder's embedding (``model.generator``). Images are float
-(B,3,H,W) RGB in 0..255 on any device; SR outputs are in 0..255 units and not clamped.
+A model is a degradation encoder (``model.encoder``) and a generator conditioned on the
+encoder's embedding (``model.generator``). Images are float (B,3,H,W) RGB in 0..255 on any
+device; SR outputs are in 0..255 units and not clamped.
 
-    embed(lr)                (B,3,h,w)          -> (B,E)   degradation embedding (query encoder)
+    embed(lr)                (B,3,h,w)          -> (B,E)   degradation embedding
     super_resolve(lr, emb)   (B,3,h,w), (B,E)   -> (B,3,s*h,s*w), the generator alone
     forward(lr)              super_resolve(lr, embed(lr)): the evaluation forward, any mode
+
+``BlindSRModel`` holds this encoder-agnostic part: its encoder is any module with
+``embed(x) -> (B,E)`` on network-range input. ``ContrastiveBlindSRModel`` (CDSR, DASR) adds
+the MoCo training forward:
+
     forward(lr, lr_key)      one contrastive training forward (MoCo's dict, plus ``sr``)
+
+KDSR (``model/kdsr.py``) adds its distillation forward and, for its teacher, whose encoder
+also reads the HR image, ``needs_hr = True`` and an ``hr`` argument to ``embed`` and ``forward``.
 
 ``name`` is the registry name, ``scale`` the upscaling factor and ``hparams`` the constructor's
 other keyword arguments, recorded automatically, so ``build_model(name, scale=s, **hparams)``
@@ -21,7 +29,6 @@ import torch
 from torch import nn
 
 from .blocks import check_image_batch
-from .moco import MoCo
 
 
 def _recording_hparams(init: Callable) -> Callable:
@@ -51,19 +58,21 @@ class BlindSRModel(nn.Module):
 
     Subclasses set ``name``, ``min_input_size`` (the encoder's smallest H and W) with
     ``min_input_reason`` and, if the networks work in another range than 0..255, override
-    ``to_network_range`` / ``from_network_range``.
+    ``to_network_range`` / ``from_network_range``. ``needs_hr`` is True for a model whose
+    encoder reads the HR image too (KDSR's teacher): it cannot super-resolve an LR alone.
     """
 
     name = ""
     min_input_size = 1
     min_input_reason = ""
+    needs_hr = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _recording_hparams(cls.__init__)
 
-    def __init__(self, *, scale: int, encoder: MoCo, generator: nn.Module):
+    def __init__(self, *, scale: int, encoder: nn.Module, generator: nn.Module):
         super().__init__()
         self.scale = scale
         self.generator = generator  # registered first: state-dict order G, E like the authors'
@@ -88,7 +97,7 @@ class BlindSRModel(nn.Module):
                           self.min_input_reason)
 
     def embed(self, lr: torch.Tensor) -> torch.Tensor:
-        """(B,3,h,w) in 0..255 -> (B,embed_dim) degradation embedding (query encoder)."""
+        """(B,3,h,w) in 0..255 -> (B,embed_dim) degradation embedding (``encoder.embed``)."""
         self.check_input(lr)
         return self.encoder.embed(self.to_network_range(lr))
 
@@ -101,6 +110,15 @@ class BlindSRModel(nn.Module):
             raise ValueError(f"embedding must be (B,embed_dim) with B = {lr.shape[0]}, "
                              f"got {tuple(embedding.shape)}")
         return self.from_network_range(self.generator(self.to_network_range(lr), embedding))
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """The evaluation forward: SR (B,3,s*h,s*w) = super_resolve(lr, embed(lr))."""
+        return self.super_resolve(lr, self.embed(lr))
+
+
+class ContrastiveBlindSRModel(BlindSRModel):
+    """A model whose ``encoder`` is a ``MoCo`` (CDSR, DASR): its forward is the evaluation
+    forward or one contrastive training forward."""
 
     def forward(self, lr: torch.Tensor, lr_key: torch.Tensor | None = None, *,
                 with_sr: bool = True) -> torch.Tensor | dict[str, torch.Tensor]:

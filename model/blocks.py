@@ -1,8 +1,9 @@
-"""Layers shared by the CDSR and DASR networks.
+"""Layers shared by the CDSR, DASR and KDSR networks.
 
 Everything here works on float tensors of any dtype and device. Feature maps are (B,C,H,W);
 degradation vectors are (B,C).
 """
+import math
 from typing import Callable
 
 import torch
@@ -136,3 +137,24 @@ class DegradationAwareBlock(nn.Module):
         out = F.leaky_relu(self.conv1(out), LEAKY_SLOPE, inplace=True)
         out = F.leaky_relu(self.adapt2(out, vector), LEAKY_SLOPE, inplace=True)
         return self.conv2(out) + x
+
+
+class UpsampleStage(nn.Module):
+    """3x3 conv to C*f^2 channels, then PixelShuffle(f): (B,C,h,w) -> (B,C,f*h,f*w)."""
+
+    def __init__(self, channels: int, factor: int):
+        super().__init__()
+        self.conv = conv3x3(channels, channels * factor ** 2)
+        self.shuffle = nn.PixelShuffle(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def upsample_factors(scale: int) -> list[int]:
+    """EDSR's upsampler plan: x2 stages for powers of two, one x3 stage for 3."""
+    if scale == 3:
+        return [3]
+    if scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * int(math.log2(scale))
+    raise ValueError(f"the upsampler supports scale 3 or a power of two, got {scale}")

@@ -16,7 +16,7 @@ from .dasr import DASREncoder
 from .dqa import fusion_layer
 from .inference import iter_tiles, tile_centre, tiled_apply
 from .lpe import PATCH_SIZE, LPEEncoder
-from .base import BlindSRModel
+from .base import ContrastiveBlindSRModel
 from .moco import MoCo
 from .variants import variant_name
 
@@ -205,7 +205,7 @@ def encoder_factory(encoder: str, *, embed_dim: int, codebook_size: int, pixel_b
     raise ValueError(f"unknown encoder {encoder!r}; choose one of: dasr, lpe")
 
 
-class CDSR(BlindSRModel):
+class CDSR(ContrastiveBlindSRModel):
     """CDSR: MoCo(LPE encoder + CSC codebook) and the DQA-fused RRDB-SFT generator.
 
     Takes LR (B,3,h,w) in 0..255 with h, w >= 12 (the patch branch's patch size) and returns SR

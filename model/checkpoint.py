@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import build_model, model_names
-from .names import canonical_name
-from .authors_format import (KEY_ENCODER, MOCO_STATE, CheckpointError, authors_key_note,
-                             infer_authors_model, listing, split_authors_state)
+from . import build_model, canonical_name, model_names
+from .authors_format import (AUTHORS_KEY_PREFIXES, KEY_ENCODER, MOCO_STATE, CheckpointError,
+                             authors_key_note, infer_authors_model, listing, split_authors_state)
 # Re-exported: scripts and users' code import the authors' key map from here.
 from .authors_format import (authors_constants, authors_to_ours, map_authors_key, map_our_key,
                              ours_to_authors)
@@ -55,12 +54,12 @@ def detect_format(obj: Any) -> str:
                                   f"(expected {FORMAT!r})")
         return "ours"
     if (isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)
-            and all(k.startswith(("G.", "E.")) for k in obj)
+            and all(k.startswith(AUTHORS_KEY_PREFIXES) for k in obj)
             and all(isinstance(v, torch.Tensor) for v in obj.values())):
         return "authors"
     raise CheckpointError("not a recognised checkpoint: expected our format "
                           f"({{'format': {FORMAT!r}, ...}}) or an authors' state dict "
-                          "(tensors under keys starting with 'G.' / 'E.')")
+                          "(tensors under keys starting with 'G.' / 'E.' / 'E_st.')")
 
 
 def strip_wrapper_prefixes(checkpoint: Any, label: str = "checkpoint") -> Any:

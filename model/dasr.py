@@ -3,7 +3,6 @@
 Both networks read raw 0..255 pixels; the generator subtracts the DIV2K mean first and adds it
 back at the end, so its output is in 0..255 units (not clamped).
 """
-import math
 from functools import partial
 
 import torch
@@ -11,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (LEAKY_SLOPE, MLP, ChannelGate, ConvBNAct, DegradationAwareBlock,
-                     DynamicDepthwiseConv, conv3x3)
-from .base import BlindSRModel
+                     DynamicDepthwiseConv, UpsampleStage, conv3x3, upsample_factors)
+from .base import ContrastiveBlindSRModel
 from .moco import MoCo
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # in [0,1]; times 255 for 0..255 pixels
@@ -79,27 +78,6 @@ class DAGroup(nn.Module):
         return self.conv(out) + x
 
 
-class UpsampleStage(nn.Module):
-    """3x3 conv to C*f^2 channels, then PixelShuffle(f): (B,C,h,w) -> (B,C,f*h,f*w)."""
-
-    def __init__(self, channels: int, factor: int):
-        super().__init__()
-        self.conv = conv3x3(channels, channels * factor ** 2)
-        self.shuffle = nn.PixelShuffle(factor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv(x))
-
-
-def upsample_factors(scale: int) -> list[int]:
-    """EDSR's upsampler plan: x2 stages for powers of two, one x3 stage for 3."""
-    if scale == 3:
-        return [3]
-    if scale >= 2 and scale & (scale - 1) == 0:
-        return [2] * int(math.log2(scale))
-    raise ValueError(f"DASR supports scale 3 or a power of two, got {scale}")
-
-
 class DASRGenerator(nn.Module):
     """DA-conv generator: x (B,3,h,w) in 0..255, embedding (B,D) -> (B,3,s*h,s*w) (unclamped).
 
@@ -131,7 +109,7 @@ class DASRGenerator(nn.Module):
         return sr + self.rgb_mean
 
 
-class DASR(BlindSRModel):
+class DASR(ContrastiveBlindSRModel):
     """DASR: MoCo(6-conv encoder) and the DA-conv generator.
 
     Takes LR (B,3,h,w) in 0..255 (raw pixels for both networks) and returns SR (B,3,s*h,s*w)

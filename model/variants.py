@@ -7,8 +7,6 @@ checkpoint record the variant. To study another combination, add a line to ``ABL
 """
 from dataclasses import dataclass, field
 
-from .names import canonical_name
-
 BASE = "cdsr"
 
 # The paper's CDSR. fusion: 'dqa' (domain query attention) or 'da' (DA conv, no attention);
@@ -72,7 +70,11 @@ def variant_name(switches: dict[str, object]) -> str:
 def family(name: str) -> str:
     """'cdsr' for CDSR and its variants, otherwise ``name``'s canonical spelling (which preset
     applies: 'blindsr' trains with DASR's)."""
-    name = canonical_name(name)
+    from . import canonical_name        # here: the registry imports this module
+    try:
+        name = canonical_name(name)
+    except ValueError:                  # unknown: no preset; building the model names the error
+        return str(name).lower()
     try:
         variant_switches(name)
         return BASE

@@ -51,7 +51,7 @@ from model import build_model  # noqa: E402
 from model.checkpoint import load_weights  # noqa: E402
 from model.inference import predict  # noqa: E402
 from model.precision import Precision  # noqa: E402
-from scripts.authors_code import AUTHORS, AuthorsCode, AuthorsError  # noqa: E402
+from scripts.authors_code import AuthorsCode, AuthorsError  # noqa: E402
 from scripts.measure import (MiB, allocator_settings, host_load,  # noqa: E402
                              markdown_table, median, peak_bytes, timed)
 from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
@@ -229,7 +229,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(opts.threads)
     names = opts.models.split(",")
     try:
-        unknown = [n for n in names if n not in AUTHORS]
+        unknown = [n for n in names if n not in ("cdsr", "dasr")]
         if unknown:
             raise AuthorsError(f"unknown model(s) {unknown}; choose from cdsr, dasr")
         code = [AuthorsCode(n, getattr(opts, f"authors_{n}")) for n in names]

@@ -22,13 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import utility  # noqa: E402
 from model import model_names  # noqa: E402
-from model.authors_format import ours_to_authors  # noqa: E402
+from model.authors_format import authors_model_names, ours_to_authors  # noqa: E402
 from model.checkpoint import (CheckpointError, atomic_torch_save, describe, detect_format,  # noqa: E402
                               load_model, read_checkpoint, save_checkpoint)
 from option import ArgumentParser  # noqa: E402
-
-AUTHORS_MODELS = ("cdsr", "dasr")  # the models the authors' code (and so their format) has
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="convert_checkpoint.py", description=__doc__.split("\n\n")[0])
@@ -54,9 +51,10 @@ def convert(args: argparse.Namespace) -> str:
         save_checkpoint(args.target, model_name=net.name, scale=net.scale, model=net.state_dict(),
                         config={"converted_from": str(args.source)})
     else:
-        if net.name not in AUTHORS_MODELS:
+        if net.name not in authors_model_names():
             raise CheckpointError(f"{describe(net.name, net.scale)} has no authors' format: their "
-                                  "code has CDSR and DASR only (a CDSR ablation exists only here)")
+                                  "code has CDSR, DASR and KDSR only (a CDSR ablation exists only "
+                                  "here)")
         atomic_torch_save(ours_to_authors(net.state_dict(), net.name), args.target)
     return f"{args.source} ({fmt}, {describe(net.name, net.scale)}) -> {args.target} ({args.to})"
 

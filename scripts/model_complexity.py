@@ -2,9 +2,9 @@
 
     python scripts/model_complexity.py [--scale 4] [--lr_size 64] [--models cdsr,cdsr-no-patch]
 
-Paper widths. Parameters: those an evaluation forward uses (the query encoder and the
-generator; MoCo's key encoder, a momentum copy of the query encoder used only in training, is
-left out). GMACs: multiply-accumulates of one evaluation forward (embedding + SR) of a single
+Paper widths. Parameters: those an evaluation forward uses (the encoder and the generator;
+MoCo's key encoder, a momentum copy of the query encoder used only in training, is left out;
+KDSR's MeanShift is a constant). A KDSR teacher's embedding also reads an HR image. GMACs: multiply-accumulates of one evaluation forward (embedding + SR) of a single
 LR image, counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
 products, which carry all but a negligible share of the arithmetic; 1 MAC = 2 FLOPs).
 """
@@ -30,8 +30,9 @@ def count_macs(forward: Callable[[], object]) -> int:
 
 
 def inference_parameters(model: nn.Module) -> Dict[str, int]:
-    """{'encoder': query encoder, 'generator', 'total'}: parameter counts of the eval forward."""
-    encoder = sum(p.numel() for p in model.encoder.query_encoder.parameters())
+    """{'encoder': (query) encoder, 'generator', 'total'}: parameter counts of the eval forward."""
+    encoder_module = getattr(model.encoder, "query_encoder", model.encoder)   # MoCo or not
+    encoder = sum(p.numel() for p in encoder_module.parameters())
     generator = sum(p.numel() for p in model.generator.parameters())
     return {"encoder": encoder, "generator": generator, "total": encoder + generator}
 
@@ -39,10 +40,11 @@ def inference_parameters(model: nn.Module) -> Dict[str, int]:
 @torch.no_grad()
 def complexity(name: str, scale: int, lr_size: int) -> Dict[str, float]:
     """Parameters and GMACs (one lr_size x lr_size LR image) of the paper-size ``name``."""
-    model = build_model(name, scale=scale, queue_size=8).eval()
+    model = build_model(name, scale=scale).eval()
     lr = torch.rand(1, 3, lr_size, lr_size) * 255
-    embedding = model.embed(lr)
-    encoder = count_macs(lambda: model.embed(lr))
+    hr = (torch.rand(1, 3, scale * lr_size, scale * lr_size) * 255,) if model.needs_hr else ()
+    embedding = model.embed(lr, *hr)
+    encoder = count_macs(lambda: model.embed(lr, *hr))
     generator = count_macs(lambda: model.super_resolve(lr, embedding))
     return {**inference_parameters(model), "encoder_gmacs": encoder / 1e9,
             "gmacs": (encoder + generator) / 1e9}

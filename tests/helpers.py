@@ -8,7 +8,8 @@ from torch import nn
 import model
 from data.images import write_png
 
-# Tiny constructor arguments for every registered model (the paper sizes are the defaults).
+# Tiny constructor arguments for every registered model (the paper sizes are the defaults):
+# TINY for the contrastive (MoCo) models, TINY_KDSR for KDSR's teachers and students.
 _TINY_CDSR = dict(n_feats=8, n_blocks=1, growth=4, embed_dim=16, codebook_size=8, queue_size=16)
 TINY = {
     "cdsr": _TINY_CDSR,
@@ -19,12 +20,15 @@ TINY = {
     "cdsr-no-pixel": _TINY_CDSR,
     "dasr": dict(n_feats=16, n_groups=1, n_blocks=1, embed_dim=16, queue_size=16),
 }
+TINY_KDSR = {name: dict(n_feats=8, n_blocks=2, n_resblocks=1)
+             for name in ("kdsr-s-l", "kdsr-s-m", "kdsr-t-l", "kdsr-t-m")}
 
 
 def tiny(name: str, scale: int = 2, seed: int = 0, **overrides) -> nn.Module:
-    """A tiny registered model with weights from ``seed``: ``TINY[name]`` with ``overrides``."""
+    """A tiny registered model with weights from ``seed``: ``TINY[name]`` (or
+    ``TINY_KDSR[name]``) with ``overrides``."""
     torch.manual_seed(seed)
-    return model.build_model(name, scale=scale, **{**TINY[name], **overrides})
+    return model.build_model(name, scale=scale, **{**{**TINY, **TINY_KDSR}[name], **overrides})
 
 
 def images(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Behaviour of the models and of MoCo on tiny CPU variants (shapes, gradients, MoCo order)."""
+"""Behaviour of the models and of MoCo on tiny CPU variants (shapes, gradients, MoCo order);
+KDSR's teachers and students at the end."""
 import argparse
 
 import pytest
@@ -7,12 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import model
-from helpers import TINY, images, tiny
+from helpers import TINY, TINY_KDSR, images, tiny
+from loss.distillation import distillation_kl
+from model.inference import predict
 from model.moco import MoCo
 
 
 def test_every_registered_model_has_a_tiny_variant():
-    assert model.model_names() == sorted(TINY)
+    assert model.model_names() == sorted({**TINY, **TINY_KDSR})
 
 
 def test_registry_is_case_insensitive_and_lists_names_on_error():
@@ -223,3 +226,133 @@ def test_dasr_mean_shift_is_a_constant_buffer():
     torch.testing.assert_close(net.generator.rgb_mean.flatten(),
                                255 * torch.tensor([0.4488, 0.4371, 0.4040]))
     assert net.double().generator.rgb_mean.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- KDSR
+KDSR_NAMES = sorted(TINY_KDSR)
+TEACHERS = [n for n in KDSR_NAMES if n.startswith("kdsr-t")]
+STUDENTS = [n for n in KDSR_NAMES if n.startswith("kdsr-s")]
+
+
+def kdsr_inputs(net, batch: int = 2, size: tuple = (12, 10), seed: int = 0) -> tuple:
+    """(lr, extra) for a tiny KDSR: extra is (hr,) for a teacher, () for a student."""
+    lr = images(batch, 3, *size, seed=seed)
+    hr = images(batch, 3, net.scale * size[0], net.scale * size[1], seed=seed + 100)
+    return lr, ((hr,) if net.needs_hr else ())
+
+
+@pytest.mark.parametrize("spelling,name", [
+    ("KDSR-S-M", "kdsr-s-m"), ("kdsr_s_m", "kdsr-s-m"), ("KDSRsM", "kdsr-s-m"),
+    ("kdsr s l", "kdsr-s-l"), ("KDSR_T_L", "kdsr-t-l"), ("kdsr-t", "kdsr-t-m"),
+    ("KDSR-T", "kdsr-t-m"), ("kdsr_s", "kdsr-s-m"), ("CDSR_no_patch", "cdsr-no-patch")])
+def test_registry_spellings_of_a_name(spelling, name):
+    assert model.canonical_name(spelling) == name
+    assert model.build_model(spelling, **TINY_KDSR.get(name, TINY.get(name))).name == name
+
+
+def test_registry_rejects_other_names_and_contradicting_sizes():
+    for bad in ("kdsr", "kdsr-m", "kdsr-s-xl", "KDSRsS", None):
+        with pytest.raises(ValueError, match=r"unknown model .*kdsr-s-l, kdsr-s-m, kdsr-t-l, "
+                                             r"kdsr-t-m \(aliases: kdsr-t = kdsr-t-m"):
+            model.build_model(bad)
+    with pytest.raises(ValueError, match="build 'kdsr-s-l', not 'kdsr-s-m'"):
+        model.build_model("kdsr-s-m", size="l", **TINY_KDSR["kdsr-s-m"])
+    with pytest.raises(ValueError, match="unknown KDSR size 'xl'"):
+        model.KDSRStudent(size="xl")
+
+
+def test_make_model_builds_kdsr_at_the_authors_sizes_without_a_queue():
+    net = model.make_model(argparse.Namespace(model="KDSR-S-L", ablation=None, scale=2,
+                                              queue_size=64))
+    assert (net.name, net.scale) == ("kdsr-s-l", 2)
+    assert net.hparams == {"size": "l", "n_feats": 128, "n_blocks": 28, "n_resblocks": 5}
+    assert len(net.generator.blocks) == 28 and len(net.encoder.res_blocks) == 5
+
+
+@pytest.mark.parametrize("name", KDSR_NAMES)
+def test_kdsr_hparams_rebuild_the_same_network(name):
+    net = tiny(name, scale=3)
+    assert net.hparams == {"size": name[-1], **TINY_KDSR[name]}
+    twin = model.build_model(name, scale=3, **net.hparams)
+    assert {k: v.shape for k, v in twin.state_dict().items()} == \
+        {k: v.shape for k, v in net.state_dict().items()}
+    assert not any("rgb_mean" in k for k in net.state_dict())   # MeanShift: a constant buffer
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("name", KDSR_NAMES)
+def test_kdsr_eval_forward_shape(name, scale):
+    net = tiny(name, scale).eval()
+    lr, extra = kdsr_inputs(net)
+    with torch.no_grad():
+        sr = net(lr, *extra)
+        embedding = net.embed(lr, *extra)
+        assert torch.equal(sr, net.super_resolve(lr, embedding))
+        features = net(lr, *extra, features=True)
+    assert sr.shape == (2, 3, 12 * scale, 10 * scale) and sr.dtype == torch.float32
+    assert torch.isfinite(sr).all()
+    c = TINY_KDSR[name]["n_feats"]
+    assert embedding.shape == (2, c)
+    assert set(features) == {"embedding", "kd_features", "sr"}
+    assert features["kd_features"].shape == (2, 4 * c)
+    assert torch.equal(features["sr"], sr) and torch.equal(features["embedding"], embedding)
+    assert set(net(lr, *extra, features=True, with_sr=False)) == {"embedding", "kd_features"}
+
+
+@pytest.mark.parametrize("name", KDSR_NAMES)
+def test_kdsr_every_parameter_gets_a_gradient(name):
+    """Teacher stage: L1 on the SR. Distillation stage: L1 + the KL term on kd_features."""
+    net = tiny(name, 4).train()
+    lr, extra = kdsr_inputs(net, size=(6, 6))
+    hr = images(2, 3, 24, 24, seed=5)
+    out = net(lr, *extra, features=True)
+    loss = F.l1_loss(out["sr"], hr)
+    if not net.needs_hr:
+        loss = loss + distillation_kl(out["kd_features"], images(2, 32, seed=6) / 64, 0.15)
+    loss.backward()
+    for n, p in net.named_parameters():
+        assert p.requires_grad and p.grad is not None and torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, f"{n} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", TEACHERS)
+def test_the_teacher_reads_the_hr_and_says_so_without_it(name):
+    net = tiny(name, 2).eval()
+    assert net.needs_hr
+    lr, (hr,) = kdsr_inputs(net, batch=1)
+    with pytest.raises(ValueError, match=rf"{name.upper()} is the distillation teacher.*student "
+                                         rf"kdsr-s-{name[-1]}"):
+        net(lr)
+    with pytest.raises(ValueError, match=r"hr must be \(1, 3, 24, 20\).*got \(1, 3, 24, 22\)"):
+        net.embed(lr, images(1, 3, 24, 22))
+    with pytest.raises(ValueError, match=r"hr must be a \(B,3,H,W\)"):
+        net(lr, hr[0])
+    with torch.no_grad():   # the encoder sees the HR: another HR, another embedding and SR
+        assert not torch.equal(net.embed(lr, hr), net.embed(lr, hr.flip(-1)))
+        assert not torch.equal(net(lr, hr), net(lr, hr.flip(-1)))
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_the_student_refuses_an_hr_and_any_non_rgb_input(name):
+    net = tiny(name, 2).eval()
+    assert not net.needs_hr
+    lr, _ = kdsr_inputs(net, batch=1)
+    with pytest.raises(ValueError, match=rf"student.*the HR is for the teacher \(kdsr-t-{name[-1]}\)"):
+        net(lr, images(1, 3, 24, 20))
+    uint8 = torch.zeros(1, 3, 24, 24, dtype=torch.uint8)
+    for bad in (images(3, 24, 24), images(1, 1, 24, 24), uint8):
+        with pytest.raises(ValueError, match="B,3,H,W|floating"):
+            net(bad)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_kdsr_tiled_forward_is_the_whole_forward(name):
+    """The student's generator has no pooling: tiles with enough overlap change nothing (the
+    tiny one's receptive radius is 8 LR px: head, 2 x (depthwise + conv), body, upsampler)."""
+    net = tiny(name, 2).eval()
+    lr = images(1, 3, 30, 26, seed=3)
+    with torch.no_grad():
+        whole = net(lr)
+        tiled = predict(net, lr, tile=12, overlap=8)
+        torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-3)
+        assert not torch.allclose(predict(net, lr, tile=12, overlap=2), whole, rtol=0, atol=1e-3)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.golden.metrics import REPRODUCED
+from scripts.verify_golden import default_golden_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "verify_golden.py"
@@ -83,3 +84,12 @@ def test_a_missing_folder_is_one_error_line(tmp_path):
 def test_an_empty_folder_is_not_a_pass(tmp_path):
     run = _run(tmp_path)
     assert run.returncode == 1 and _summary(run.stdout) == (0, 0)
+
+
+def test_the_project_kdsr_goldens_pass_and_are_checked_by_default(golden_dir):
+    kdsr = ROOT / "tests" / "golden_kdsr"
+    run = _run(kdsr, "--threads", "2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert _groups(run.stdout) == {"kdsr"} and "2 thread(s)" in run.stdout
+    assert _summary(run.stdout) == (19, 0)     # 6 models x (out, embedding, kd_features) + loss
+    assert default_golden_dirs() == [kdsr, golden_dir]

@@ -4,6 +4,8 @@ One module per group, each returning ``GoldenResult(name, max_error, tolerance, 
 records for whatever cases its folder holds:
 
 * ``models``: eval forward of CDSR/DASR (``{name}_keys_x{s}.json`` + ``{name}_x{s}_*`` files);
+* ``kdsr``: eval forward and features of KDSR teachers and students, and the distillation loss
+  (``kdsr_index.json``, made by ``scripts/golden/kdsr.py``);
 * ``degradations``: ``degradation_index.json``;
 * ``metrics``: ``metrics.json``;
 * ``manet``: ``manet_protocol/<Set>/x<s>/`` against HR images of an ``hr_root``;
@@ -18,13 +20,15 @@ from typing import Callable, Optional
 
 from .common import GoldenResult
 from .degradations import check_degradation_goldens
+from .kdsr_models import check_kdsr_goldens, has_kdsr_goldens
 from .manet import check_manet_protocol, manet_folders
 from .metrics import check_metric_goldens
 from .models import check_model_goldens, model_cases
 from .train import check_train_goldens
 
 __all__ = ["GoldenResult", "discover", "check_model_goldens", "check_degradation_goldens",
-           "check_metric_goldens", "check_manet_protocol", "check_train_goldens"]
+           "check_metric_goldens", "check_manet_protocol", "check_train_goldens",
+           "check_kdsr_goldens"]
 
 
 def discover(golden_dir: Path,
@@ -36,6 +40,8 @@ def discover(golden_dir: Path,
     notes = []
     if model_cases(golden_dir):
         checks["models"] = lambda: check_model_goldens(golden_dir)
+    if has_kdsr_goldens(golden_dir):
+        checks["kdsr"] = lambda: check_kdsr_goldens(golden_dir)
     if (golden_dir / "degradation_index.json").is_file():
         checks["degradations"] = lambda: check_degradation_goldens(golden_dir)
     if (golden_dir / "metrics.json").is_file():
