@@ -185,6 +185,12 @@ def pid_alive(pid: object) -> bool:
     return True
 
 
+class FailedOnRankZero(Exception):
+    """This process stops because rank 0 failed at a step the processes do together (e.g.
+    reading the checkpoint to resume); rank 0 printed the error line, this one ends quietly
+    with status 2."""
+
+
 class Preempted(Exception):
     """Training stopped on a signal after writing a checkpoint; the message says how to go on."""
 
@@ -238,6 +244,8 @@ def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(on_interrupt, file=sys.stderr)
         return 130
+    except FailedOnRankZero:
+        return 2
     except DistError as error:  # another process of the job failed or vanished
         if os.environ.get("CDSR_DEBUG"):
             raise
