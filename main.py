@@ -16,7 +16,7 @@ from loss import build_loss
 from model import make_model
 from model.checkpoint import load_weights
 from model.parallel import (close_process_group, convert_to_global_batchnorm, init_process_group,
-                            process_group_from_env)
+                            process_group_from_env, restarted_by_torchrun)
 from trainer import Trainer, evaluate, inference_policy, phases_summary
 
 
@@ -29,10 +29,10 @@ def report(metrics, seconds: float) -> None:
 def start_run_folder(args, trainer: Trainer, device: torch.device, processes: int) -> None:
     """The run folder, once every check has passed: a fresh run moves an earlier one aside and
     writes config.json; a resumed run keeps config.json and appends to resumes.jsonl."""
-    run_dir = utility.prepare_run_dir("experiment", args.save, resume=bool(args.resume))
+    run_dir = utility.prepare_run_dir("experiment", args.save, resume=trainer.resumed)
     utility.setup_logging(run_dir / "log.txt")
     record = {"options": vars(args), "device": str(device), "processes": processes}
-    if args.resume:
+    if trainer.resumed:
         utility.append_json_line(run_dir / "resumes.jsonl", {
             **record, "command": sys.argv, "time": utility.now(),
             "from": {"epoch": trainer.start_epoch - 1, "iteration": trainer.start_iteration}})
@@ -82,14 +82,16 @@ def main(argv=None) -> None:
     run_dir = Path("experiment") / args.save
     trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), test_sets, device, run_dir,
                       group)
-    if args.resume:
-        trainer.resume(args.resume)
-    lock = utility.RunLock(run_dir)         # every check has passed; nothing was written so far
+    lock = utility.RunLock(run_dir)
     try:
-        if group.is_main:
+        init_process_group(group, device)       # rank 0 reads the checkpoint for everyone
+        if args.resume:
+            trainer.resume(args.resume)
+        elif args.auto_resume or restarted_by_torchrun():
+            trainer.auto_resume()
+        if group.is_main:                       # every check has passed; nothing written so far
             lock.acquire()
             start_run_folder(args, trainer, device, group.world_size)
-        init_process_group(group, device)
         log.info(f"{model.name.upper()} x{model.scale} on {device} (preset {args.preset})"
                  + (f" x {group.world_size} processes" if group.distributed else "")
                  + f", run folder {run_dir}")

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--print_every", type=int, default=10, help="iterations between log lines")
     g.add_argument("--max_bad_steps", type=int, default=20,
                    help="a step whose loss or gradients are not finite is skipped; this many in "
-                        "a row stop the run (the last checkpoint stays intact)")
+                        "a row stop the run (the last checkpoint stays intact). fp16: the gradient "
+                        "scaler's skips count once its scale is down to 1")
 
     g.add_argument("--test_only", action=_AcceptedSwitch,
                    help="score --pre_train (or --resume N) as test.py does instead of training "
@@ -166,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", type=_resume_value, nargs="?", const=-1, default=0,
                    help="resume experiment/SAVE: -1 or no value = latest, N = epoch N "
                         "(needs --save_models), 0 = start fresh")
+    g.add_argument("--auto_resume", action="store_true",
+                   help="continue experiment/SAVE from checkpoint/last.pt when it exists and was "
+                        "written with the same options, else start afresh: for a command that a "
+                        "scheduler reruns (requeue); automatic when torchrun restarts the job")
     g.add_argument("--save_models", action="store_true", help="keep a checkpoint of every epoch")
     _add_inference_flags(p)
     return p
@@ -366,6 +371,11 @@ def validate(args: argparse.Namespace) -> None:
     if args.ablation and args.model is not None and canonical_name(args.model) != "cdsr":
         raise ValueError(f"--ablation {args.ablation} removes a part of CDSR; it needs --model "
                          f"CDSR, got --model {args.model}")
+    if args.sync_bn and args.n_GPUs > 1:
+        raise ValueError(f"--sync_bn synchronises BatchNorm over torchrun's processes, not over "
+                         f"DataParallel's --n_GPUs {args.n_GPUs}, where each GPU would still "
+                         f"normalise its own share: launch torchrun --nproc_per_node "
+                         f"{args.n_GPUs} main.py ... --sync_bn (without --n_GPUs)")
     if args.queue_size % args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
                          f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")

@@ -27,9 +27,10 @@ from data.run_records import RunRecords
 from model.checkpoint import rng_states, set_rng_states
 from data.resize import bicubic_upscale
 from model.inference import DevicePool, predict
-from model.parallel import ProcessGroup, any_process, barrier, data_parallel_devices, wrap
+from model.parallel import (ProcessGroup, any_process, barrier, data_parallel_devices,
+                            max_over_processes, wrap)
 from model.precision import Precision
-from model.run_checkpoints import RunCheckpoints
+from model.run_checkpoints import ResumePoint, RunCheckpoints
 from model.training import (ENCODER, FREEZE, JOINT, Phase, StepResult, build_phases,  # noqa: F401
                             make_optimizer, phase_of, phases_summary, set_trainable, training_step)
 
@@ -96,8 +97,8 @@ class Trainer:
     validates and writes the run folder while the others wait. The run folder gets
     ``psnr.csv``/``psnr.png`` (validation per epoch), ``losses.csv`` (the global batch's losses
     of every iteration) and ``checkpoint/last.pt``, rewritten atomically after every epoch (and
-    mid-epoch when a scheduler's signal stops the run), so a killed run resumes (``--resume``)
-    with the same data stream.
+    mid-epoch when a scheduler's signal stops the run), so a killed run resumes (``--resume``,
+    or ``--auto_resume`` when the command is simply run again) with the same data stream.
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
@@ -127,7 +128,9 @@ class Trainer:
         self.scheduler = None
         self.start_epoch, self.start_iteration = 1, 0
         self.progress: Dict[str, object] = {}           # of a mid-epoch checkpoint
+        self.resumed = False
         self.stop: Optional[utility.StopSignals] = None
+        self.stop_signal = 0                    # the signal that stopped any process
         self.best_psnr = -math.inf
         self.bad_steps = 0                      # consecutive steps with non-finite values
         self.records = RunRecords(self.run_dir, getattr(criterion, "names", ()))
@@ -157,25 +160,41 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, epoch: int, progress: Optional[Dict[str, object]] = None) -> None:
-        """last.pt after ``epoch`` finished epochs, or mid-epoch with ``progress``
+        """last.pt after ``epoch`` finished epochs, or mid-epoch with ``progress``; both hold
+        the gradient scaler and the count of non-finite steps in a row
         (``RunCheckpoints.save``; every process calls it, rank 0 writes)."""
-        self.checkpoints.save(self.model, self.phase, self.optimizer, self.scheduler, epoch, progress)
+        loop = {"scaler": self.precision.state_dict(), "bad_steps": self.bad_steps}
+        self.checkpoints.save(self.model, self.phase, self.optimizer, self.scheduler, epoch,
+                              {**loop, **(progress or {})})
 
     def resume(self, which: int) -> None:
         """Continue from ``last.pt`` (``which`` -1) or ``epoch_<which>.pt``: weights, MoCo
-        queue, optimizer, schedule and, for a checkpoint written mid-epoch, the iteration."""
-        point = self.checkpoints.resume(which, self.model, self.phases)
+        queue, optimizer, schedule, gradient scaler, the count of non-finite steps and, for a
+        checkpoint written mid-epoch, the iteration and every random state."""
+        self.continue_from(self.checkpoints.resume(which, self.model, self.phases))
+
+    def auto_resume(self) -> None:
+        """--auto_resume: continue from ``last.pt`` when it exists and was written with the
+        same options, else start afresh; the log says which and why."""
+        point, reason = self.checkpoints.resume_if_same(self.model, self.phases)
+        if point is None:
+            self.log.info(f"--auto_resume: starting afresh, {reason}")
+            return
+        self.continue_from(point)
+
+    def continue_from(self, point: ResumePoint) -> None:
+        """Take over the state of the checkpoint ``point`` (already loaded into the model)."""
         if point.same_phase:
             self.enter_phase(point.phase)
             self.optimizer.load_state_dict(point.state["optimizer"])
             self.scheduler.load_state_dict(point.state["scheduler"])
         self.start_epoch, self.start_iteration = point.epoch + 1, point.iteration
         self.progress = point.progress
+        self.precision.load_state_dict(point.progress.get("scaler") or {})
+        self.bad_steps = point.progress.get("bad_steps", 0)
         if point.iteration:
-            self.precision.load_state_dict(point.progress.get("scaler") or {})
-            self.bad_steps = point.progress.get("bad_steps", 0)
             set_rng_states(point.progress["rng"])
-        self.best_psnr = self.records.best_psnr(self.test_sets[0].name)
+        self.resumed = True
         self.log.info(f"resumed {point.path} after {point.position}")
 
     # ------------------------------------------------------------------ loop
@@ -186,6 +205,7 @@ class Trainer:
         self.stop = stop
         if self.group.is_main:          # a run killed after writing these redoes that work
             self.records.forget_after(self.start_epoch - 1, self.start_iteration)
+            self.best_psnr = self.records.best_psnr(self.test_sets[0].name)
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
@@ -208,10 +228,12 @@ class Trainer:
         return metrics
 
     def stop_requested(self) -> bool:
-        return any_process(bool(self.stop and self.stop.requested), self.device)
+        """Whether any process caught a stop signal; every process learns its number."""
+        self.stop_signal = max_over_processes(self.stop.requested if self.stop else 0, self.device)
+        return bool(self.stop_signal)
 
     def preempted(self, where: str) -> utility.Preempted:
-        number = (self.stop and self.stop.requested) or signal.SIGTERM
+        number = self.stop_signal or signal.SIGTERM
         return utility.Preempted(
             f"stopped by {signal.Signals(number).name} {where}; {self.checkpoints.path('last.pt')} "
             "holds everything to continue: run the same command with --resume", number)
@@ -248,15 +270,16 @@ class Trainer:
                               f"{100 * meter.wait_share():.0f}% waiting for data"
                               + (f" | {skipped} steps skipped" if skipped else ""))
             if it < total and self.stop_requested():
-                self.save(epoch - 1, progress={
-                    "iteration": it, "sums": sums, "skipped": skipped, "bad_steps": self.bad_steps,
-                    "scaler": self.precision.state_dict(), "rng": rng_states()})
+                self.save(epoch - 1, progress={"iteration": it, "sums": sums, "skipped": skipped,
+                                               "rng": rng_states()})
+                barrier()                       # no process exits before last.pt is written
                 raise self.preempted(f"in epoch {epoch} after iteration {it}")
 
     def record_step(self, epoch: int, iteration: int, lr: float, step: StepResult) -> None:
         """losses.csv, and the non-finite guard: a step skipped for a non-finite loss or gradient
         is logged and counted; after ``--max_bad_steps`` consecutive ones the run stops (the last
-        checkpoint is intact)."""
+        checkpoint is intact). Under fp16 the scaler's skips count once its scale is down to 1
+        (``StepResult``): gradients that are never finite stop the run too."""
         if self.group.is_main:
             self.records.write_step(epoch, iteration, self.phase, lr, step)
         if step.finite:             # applied, or an fp16 step the gradient scaler skipped

@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Optional, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 from torch.distributed import DistError
@@ -104,11 +104,34 @@ def prepare_run_dir(root: Union[str, Path], name: str, resume: bool) -> Path:
     return run_dir
 
 
+def job_incarnation() -> Optional[List]:
+    """[job id, restart count] of a job that a scheduler reruns with the same command: a
+    SLURM requeue (SLURM_JOB_ID, SLURM_RESTART_COUNT) or torchrun's restarts
+    (TORCHELASTIC_RUN_ID, TORCHELASTIC_RESTART_COUNT); None outside both. A later
+    incarnation of a job only starts once the earlier one has ended."""
+    for job, restart in (("SLURM_JOB_ID", "SLURM_RESTART_COUNT"),
+                         ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")):
+        if os.environ.get(job):
+            return [f"{job}={os.environ[job]}", int(os.environ.get(restart, "0") or 0)]
+    return None
+
+
+def _owner_gone(owner: dict, me: dict) -> bool:
+    """Whether the process that wrote the lock record ``owner`` has ended: a dead pid on this
+    host, or an earlier incarnation of this very job (on any host)."""
+    if owner.get("host") == me["host"] and not pid_alive(owner.get("pid")):
+        return True
+    theirs, mine = owner.get("job"), me["job"]
+    return bool(theirs and mine and theirs[0] == mine[0] and theirs[1] < mine[1])
+
+
 class RunLock:
     """A run folder belongs to one live run: ``<run>.lock`` beside it holds the owner's pid,
-    host and start time. ``acquire`` refuses (ValueError) while a live process on this host
-    (or any process on another host) owns it, and takes over a dead process's lock with a
-    warning; ``release`` removes the lock if it is ours."""
+    host, start time and scheduler job (``job_incarnation``). ``acquire`` refuses
+    (ValueError) while a live process on this host (or any process on another host) owns
+    it, and takes over with a warning the lock of a dead process or of an earlier
+    incarnation of the same requeued or restarted job; ``release`` removes the lock if it is
+    ours."""
 
     def __init__(self, run_dir: Union[str, Path]) -> None:
         run_dir = Path(run_dir)
@@ -123,7 +146,8 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": now()}
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": now(),
+                  "job": job_incarnation()}
         for _ in range(2):
             try:
                 with open(self.path, "x") as f:              # atomic: fails if it exists
@@ -132,7 +156,7 @@ class RunLock:
                 return
             except FileExistsError:
                 owner = self._owner() or {}
-                if owner.get("host") != record["host"] or _alive(owner.get("pid")):
+                if not _owner_gone(owner, record):
                     raise ValueError(
                         f"run folder {self.path.with_suffix('')} is in use by pid {owner.get('pid')} on "
                         f"{owner.get('host')} since {owner.get('started')} ({self.path}); choose "
@@ -148,7 +172,8 @@ class RunLock:
         self.owned = False
 
 
-def _alive(pid: object) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this pid runs on this host (False for anything but a pid)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -158,6 +183,12 @@ def _alive(pid: object) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class FailedOnRankZero(Exception):
+    """This process stops because rank 0 failed at a step the processes do together (e.g.
+    reading the checkpoint to resume); rank 0 printed the error line, this one ends quietly
+    with status 2."""
 
 
 class Preempted(Exception):
@@ -213,6 +244,8 @@ def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(on_interrupt, file=sys.stderr)
         return 130
+    except FailedOnRankZero:
+        return 2
     except DistError as error:  # another process of the job failed or vanished
         if os.environ.get("CDSR_DEBUG"):
             raise

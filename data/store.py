@@ -12,14 +12,17 @@ is decoded (fully, so a corrupt or truncated file is an ``ImageError`` naming it
 one's entry deleted. Each entry's npy header and exact byte size are checked too, so a truncated
 or damaged entry is rebuilt, with a warning naming it, and never read (a same-size change of the
 pixels inside an entry is not detected). Entries and the index are written to a temporary file
-and renamed; processes that share a store (torchrun) take turns through a lock file; a complete
-store on a read-only disk is used as it is.
+and renamed; processes that share a store (torchrun) take turns through a lock file (``flock``;
+where the filesystem refuses file locks, as some NFS and Lustre mounts do, through a file
+created exclusively instead); a complete store on a read-only disk is used as it is.
 """
+import errno
 import hashlib
 import json
 import logging
 import mmap
 import os
+import socket
 import time
 from contextlib import contextmanager, suppress
 from functools import partial
@@ -31,6 +34,7 @@ import numpy as np
 from data.decode_pool import each_decoded
 from data.hr_folder import Corner
 from data.images import ImageError, list_images, read_image
+from utility import pid_alive
 
 try:
     import fcntl
@@ -41,6 +45,7 @@ log = logging.getLogger("cdsr.data")  # a child of the run's logger, so its line
 INDEX = "index.json"
 VERSION = 1
 SAVE_EVERY = 64  # entries built between two saves of the index, so an interrupted build resumes
+NO_FILE_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # flock's "not on this filesystem"
 
 
 class StoreError(ValueError):
@@ -168,9 +173,52 @@ def _exclusive(root: Path) -> Iterator[Optional[OSError]]:
         yield error
         return
     with handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in NO_FILE_LOCKS:
+                raise
+            with _held_file(root / ".lock.held", error):
+                yield None
+            return
         yield None
+
+
+@contextmanager
+def _held_file(path: Path, refused: OSError) -> Iterator[None]:
+    """Take turns through ``path``, created exclusively (which works where ``flock`` is
+    ``refused``) and holding the owner's pid and host; removed on leaving. A file left by a
+    dead process of this host is taken over; one held by another host is waited for, with a
+    line every minute naming it (delete it if that process is gone)."""
+    log.warning(f"the filesystem of {path.parent} refuses file locks ({refused.strerror}); "
+                f"processes take turns through {path} instead")
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    waited = 0
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, ValueError):       # being written, or just removed
+                owner = {}
+            if owner.get("host") == me["host"] and not pid_alive(owner.get("pid")):
+                log.warning(f"taking over {path}, left by pid {owner.get('pid')}, which is gone")
+                path.unlink(missing_ok=True)
+                continue
+            if waited % 60 == 0:
+                log.warning(f"waiting for {path}, held by pid {owner.get('pid')} on "
+                            f"{owner.get('host')}; delete it if that process is gone")
+            time.sleep(1)
+            waited += 1
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(me, file)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _usable_entry(root: Path, source: Path, record: Optional[dict]) -> Optional[StoredImage]:

@@ -106,15 +106,29 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(handle.fileno())
         os.replace(temp, path)
     except (OSError, RuntimeError) as error:
-        if not isinstance(error, OSError) and "write failed" not in str(error):
+        # torch.save reports a full disk as RuntimeError("... file write failed") or as
+        # RuntimeError("[enforce fail at inline_container.cc:...] . unexpected pos ...") whose
+        # cause or context is the OSError (ENOSPC) of the write that failed.
+        cause = _os_error_in(error)
+        if cause is None and "write failed" not in str(error):
             raise                                # not a write failure: e.g. an unpicklable field
-        # torch.save reports a full disk as RuntimeError("... file write failed")
-        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        reason = getattr(cause, "strerror", None) or str(error).strip().splitlines()[-1]
         raise OSError(f"cannot write checkpoint {path} ({reason}); the previous file there, if "
                       "any, is intact: free some space or fix the permissions, then --resume") from error
     finally:
         if temp is not None and Path(temp).exists():
             Path(temp).unlink()
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The first OSError in ``error``'s chain of causes and contexts (``error`` included)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:

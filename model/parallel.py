@@ -8,13 +8,17 @@ is a no-op for a single process, so the training code reads the same in every mo
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Any, Callable, List, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
 from torch import nn
 
+import utility
+
+T = TypeVar("T")
 TIMEOUT = datetime.timedelta(minutes=30)   # a collective that waits longer ends the job
 
 
@@ -35,6 +39,12 @@ class ProcessGroup:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this job after a failure (``--max-restarts``): the same
+    command runs again and should continue the run (``TORCHELASTIC_RESTART_COUNT`` > 0)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
 def process_group_from_env() -> ProcessGroup:
@@ -111,6 +121,15 @@ def any_process(flag: bool, device: torch.device) -> bool:
     return bool(sum_over_processes(torch.tensor([float(flag)], device=device)).item() > 0)
 
 
+def max_over_processes(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all processes (all processes get the same answer)."""
+    if not is_distributed():
+        return value
+    x = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return int(x.item())
+
+
 def check_in_sync(tensors: Sequence[torch.Tensor], what: str) -> None:
     """Raise RuntimeError unless ``tensors`` hold the same values on every process (compared
     through float64 sums and sums of squares; nothing for one process)."""
@@ -133,6 +152,27 @@ def broadcast_object(obj: object) -> object:
     return box[0]
 
 
+def on_rank_zero(work: Callable[[], T]) -> T:
+    """``work()`` done by rank 0 alone (e.g. reading a file only its machine may hold), its
+    result sent to every process. When ``work`` raises, rank 0 raises that error (and prints
+    it) while the others raise ``utility.FailedOnRankZero`` (they end quietly): no process
+    waits for a result that never comes. One process: ``work()``."""
+    if not is_distributed():
+        return work()
+    if dist.get_rank() != 0:
+        done, result = broadcast_object(None)
+        if not done:
+            raise utility.FailedOnRankZero("rank 0 failed; it printed why")
+        return result
+    try:
+        result = work()
+    except BaseException:
+        broadcast_object((False, None))
+        raise
+    broadcast_object((True, result))
+    return result
+
+
 # ------------------------------------------------------------------------------- BatchNorm
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch of all processes
@@ -145,8 +185,16 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B,C,H,W) of any float dtype -> the same shape and dtype. The statistics, their
+        all-gather and the normalisation are float32 whatever autocast says (float16's
+        second moment overflows, bfloat16's mean is off by a percent of a standard deviation
+        at mean/std 10), as native BatchNorm accumulates in float32."""
         if not (self.training and is_distributed()):
             return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._global_forward(x.float()).to(x.dtype)
+
+    def _global_forward(self, x: torch.Tensor) -> torch.Tensor:
         count = x.numel() // x.shape[1]                                  # per channel, here
         local_mean = x.mean(dim=(0, 2, 3))                               # (C,)
         local_m2 = ((x - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
@@ -190,6 +238,30 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------- wrappers
+def _under_autocast(module: nn.Module, device_type: str, dtype: torch.dtype, *args: Any,
+                    **kwargs: Any) -> Any:
+    with torch.autocast(device_type, dtype=dtype):
+        return module(*args, **kwargs)
+
+
+class DataParallel(nn.DataParallel):
+    """``nn.DataParallel`` whose replicas compute in the caller's autocast dtype.
+
+    Autocast's state is per thread, and torch's ``parallel_apply`` runs each replica in a
+    thread of its own where it re-enters ``torch.autocast(device_type, enabled=...)`` without
+    a dtype: that thread's default, float16 on CUDA. Under ``--precision bf16`` the replicas
+    would compute in float16 without a gradient scaler. Here each replica's forward runs
+    under the caller's autocast dtype."""
+
+    def parallel_apply(self, replicas: Sequence[nn.Module], inputs: Sequence[Any],
+                       kwargs: Any) -> List[Any]:
+        device_type = getattr(self, "src_device_obj", torch.device("cpu")).type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            replicas = [partial(_under_autocast, replica, device_type, dtype) for replica in replicas]
+        return super().parallel_apply(replicas, inputs, kwargs)
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The real module inside a DataParallel / DistributedDataParallel wrapper."""
     return net.module if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
@@ -210,7 +282,8 @@ def wrap(model: nn.Module, group: ProcessGroup, device: torch.device,
          data_parallel: Sequence[int] = ()) -> nn.Module:
     """The module the training step calls: DDP under torchrun (over the parameters that
     currently require gradients: rebuild it when that set changes), else DataParallel over
-    ``data_parallel`` devices, else ``model`` itself.
+    ``data_parallel`` devices (whose replicas keep the caller's autocast dtype), else
+    ``model`` itself.
 
     DDP copies rank 0's parameters and buffers to every process when it is built, and does not
     synchronise buffers at each forward after that: the MoCo queues stay equal because every
@@ -224,5 +297,5 @@ def wrap(model: nn.Module, group: ProcessGroup, device: torch.device,
             model, device_ids=[device.index] if device.type == "cuda" else None,
             forward_sync_buffers=False)
     if len(data_parallel) > 1:
-        return nn.DataParallel(model, list(data_parallel))
+        return DataParallel(model, list(data_parallel))
     return model

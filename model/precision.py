@@ -40,7 +40,10 @@ class Precision:
     * ``tf32``: PyTorch's default, the framework's default: convolutions may use TF32 on
       Ampere and newer GPUs, matrix products stay float32 (same as fp32 on the CPU);
     * ``bf16``: autocast to bfloat16;
-    * ``fp16``: autocast to float16 with a dynamic gradient scaler (its state is checkpointed).
+    * ``fp16``: autocast to float16 with a dynamic gradient scaler (its state is in every
+      ``last.pt``).
+
+    Under DataParallel the replicas keep this dtype (``model.parallel.DataParallel``).
     """
 
     def __init__(self, name: str = "tf32", device: torch.device = torch.device("cpu")) -> None:
@@ -63,6 +66,11 @@ class Precision:
     @property
     def scales_gradients(self) -> bool:
         return self.scaler is not None
+
+    @property
+    def gradient_scale(self) -> float:
+        """The factor the loss is multiplied by before the backward (1 without a scaler)."""
+        return self.scaler.get_scale() if self.scaler else 1.0
 
     def autocast(self, device: torch.device) -> ContextManager:
         """The context the forward runs in (nothing for fp32/tf32)."""

@@ -2,27 +2,35 @@
 
 Each holds the weights fields (``RunCheckpoints.weights_fields``: enough for test.py to rebuild
 the model) in ``model.checkpoint``'s format, written atomically. ``last.pt`` (rewritten after
-every epoch) and ``epoch_<n>.pt`` (with --save_models) add the optimizer and the lr schedule;
-``last.pt`` written in the middle of an epoch, when a scheduler's signal stopped the run, adds
-``progress``: the iteration and what the epoch loop needs to continue it exactly. ``resume``
-reads one back into the model and says where the run continues (``ResumePoint``).
+every epoch) and ``epoch_<n>.pt`` (with --save_models) add the optimizer, the lr schedule and
+``progress``: the training loop's state (the fp16 gradient scaler, the count of non-finite
+steps in a row) and, for ``last.pt`` written in the middle of an epoch when a scheduler's
+signal stopped the run, the iteration and what the epoch loop needs to continue it exactly.
+``resume`` reads one back into the model and says where the run continues (``ResumePoint``);
+``resume_if_same`` does so only for a ``last.pt`` of the same options (--auto_resume). Rank 0
+alone reads the file and sends it to the other processes, whose machines need not hold it.
 """
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
-from .parallel import check_in_sync
+from .parallel import check_in_sync, on_rank_zero
 from .training import Phase, phase_of
+
+# Options that say how a run is carried out, not what it trains: a requeued command may change them.
+RUN_CONTROL_OPTIONS = ("resume", "auto_resume", "n_threads", "print_every", "data_cache")
 
 
 @dataclass(frozen=True)
 class ResumePoint:
     """Where a resumed run continues: after ``epoch`` finished epochs and ``iteration``
-    iterations of the next (0 at an epoch's end, where ``progress`` is {}). ``state``: the
+    iterations of the next (0 at an epoch's end); ``progress``: the loop's state saved with
+    it ({} in files older than that field). ``state``: the
     checkpoint as read from ``path``; ``phase``: the phase it was saved in; ``same_phase``:
     whether the run goes on in that phase, so its optimizer and schedule carry over."""
     path: Path
@@ -65,9 +73,10 @@ class RunCheckpoints:
              scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
              progress: Optional[Dict[str, object]] = None) -> None:
         """last.pt (and epoch_<epoch>.pt with ``keep_epochs``) after ``epoch`` finished epochs,
-        or, with ``progress`` (its ``iteration`` and what the loop needs to go on), last.pt in
-        the middle of epoch ``epoch + 1``. Every process calls it (it checks they still hold
-        the same model); the main process writes. Non-finite weights are never written."""
+        holding ``progress``, the training loop's state; with an ``iteration`` in it, last.pt
+        in the middle of epoch ``epoch + 1`` (``progress`` then holds what the loop needs to
+        go on). Every process calls it (it checks they still hold the same model); the main
+        process writes. Non-finite weights are never written."""
         moco = model.encoder
         check_in_sync([*model.parameters(), moco.queue, moco.queue_ptr],
                       "the model's parameters or MoCo queue")
@@ -78,10 +87,11 @@ class RunCheckpoints:
                                      "last good state: lower the learning rate and --resume")
         if not self.is_main:
             return
+        progress = progress or {}
         fields = dict(self.weights_fields(model, phase, epoch), optimizer=optimizer.state_dict(),
                       scheduler=scheduler.state_dict(), progress=progress)
         save_checkpoint(self.path("last.pt"), **fields)
-        if self.keep_epochs and progress is None:
+        if self.keep_epochs and not progress.get("iteration"):
             save_checkpoint(self.path(f"epoch_{epoch}.pt"), **fields)
 
     def save_best(self, model: nn.Module, phase: Phase, epoch: int) -> None:
@@ -92,12 +102,49 @@ class RunCheckpoints:
         """Load ``last.pt`` (``which`` -1) or ``epoch_<which>.pt`` into ``model`` (weights and
         MoCo queue, strictly) and check that ``phases`` (the current options') put the epoch it
         was saved in in the same phase."""
-        name = "last.pt" if which == -1 else f"epoch_{which}.pt"
-        path = self.path(name)
+        path = self.path("last.pt" if which == -1 else f"epoch_{which}.pt")
+        return self._here(on_rank_zero(lambda: self._read(path, model, phases)), model, phases)
+
+    def resume_if_same(self, model: nn.Module,
+                       phases: Sequence[Phase]) -> Tuple[Optional[ResumePoint], str]:
+        """(the point of ``last.pt``, loaded into ``model`` as ``resume`` does, "") when it
+        exists and was written with the same options as this run's (``config``, except the
+        ``RUN_CONTROL_OPTIONS``); else (None, why not). A file that exists but cannot be read
+        is an error, not a reason to start afresh."""
+        point, reason = on_rank_zero(lambda: self._read_if_same(model, phases))
+        return self._here(point, model, phases), reason
+
+    def _here(self, point: Optional[ResumePoint], model: nn.Module,
+              phases: Sequence[Phase]) -> Optional[ResumePoint]:
+        """``point`` as rank 0 read and checked it, on this process: the other processes load
+        its weights, and its phase is one of ``phases`` (a copy sent by rank 0 is not)."""
+        if point is None or self.is_main:
+            return point
+        load_weights(model, point.state, label=str(point.path))
+        return dataclasses.replace(point, phase=next(p for p in phases if p == point.phase))
+
+    def _read_if_same(self, model: nn.Module,
+                      phases: Sequence[Phase]) -> Tuple[Optional[ResumePoint], str]:
+        path = self.path("last.pt")
+        if not path.is_file():
+            return None, f"there is no {path}"
+        state = read_checkpoint(path)
+        saved = state.get("config") or {}
+        differing = [f"--{key} {saved[key]} there, {value} here" for key, value in self.config.items()
+                     if key in saved and key not in RUN_CONTROL_OPTIONS and saved[key] != value]
+        if differing:
+            return None, f"{path} was written with other options ({'; '.join(differing)})"
+        return self._checked(path, state, model, phases), ""
+
+    def _read(self, path: Path, model: nn.Module, phases: Sequence[Phase]) -> ResumePoint:
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist (run without --resume, "
                                     "or with --save_models to keep per-epoch checkpoints)")
-        state = read_checkpoint(path)
+        return self._checked(path, read_checkpoint(path), model, phases)
+
+    def _checked(self, path: Path, state: Dict[str, object], model: nn.Module,
+                 phases: Sequence[Phase]) -> ResumePoint:
+        """Load ``state`` (read from ``path``) into ``model`` and say where the run goes on."""
         load_weights(model, state, label=str(path))
         epoch, progress = state["epoch"], state.get("progress") or {}
         iteration = progress.get("iteration", 0)

@@ -116,8 +116,10 @@ class StepResult:
     """What one training step did: the forward's ``outputs``, this process's loss components
     ``losses`` (tensors, ``total`` included), their means over all processes ``reported``
     (floats: the global batch's losses), whether the update was ``applied`` and whether every
-    loss and gradient was ``finite`` (fp16's scaler may skip a finite step whose scaled
-    gradients overflowed: not applied, yet finite)."""
+    loss and gradient was ``finite``. fp16's scaler skips a step whose scaled gradients
+    overflowed and halves its scale: such a step is not applied, yet finite, while the scale
+    is above 1; at a scale of 1 or less the gradients overflow without any scaling, and the
+    step counts as not finite."""
     outputs: Dict[str, torch.Tensor]
     losses: Dict[str, torch.Tensor]
     reported: Dict[str, float]
@@ -133,6 +135,17 @@ def gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     return torch.isfinite(torch.nn.utils.get_total_norm(grads))
 
 
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def running_statistics(module: nn.Module) -> List[torch.Tensor]:
+    """The running-statistics buffers (mean, variance, batch count) of every BatchNorm in
+    ``module``: what a forward in train mode changes besides the outputs."""
+    return [buffer for m in module.modules() if isinstance(m, _BATCHNORMS)
+            for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if buffer is not None]
+
+
 def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Phase,
                   criterion: nn.Module, optimizer: torch.optim.Optimizer, *,
                   precision: Optional[Precision] = None) -> StepResult:
@@ -145,10 +158,15 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     backward; the forward, which DataParallel and DDP replicate, changes none of it.
 
     A step whose loss or gradients are not finite on any process is not applied (no optimizer
-    step, no enqueue); with fp16 the gradient scaler alone deals with overflowing gradients.
+    step, no enqueue); with fp16 the gradient scaler deals with overflowing gradients
+    (StepResult). A step not applied also leaves the BatchNorm running statistics as they
+    were before it: a non-finite forward would poison them for validation, the frozen phase
+    and every later checkpoint.
     """
     precision = precision or Precision()
     moco = unwrap(net).encoder if phase.trains_encoder else None
+    statistics = running_statistics(unwrap(net))
+    before = [buffer.clone() for buffer in statistics]       # 5,652 numbers for CDSR
     optimizer.zero_grad(set_to_none=True)
     if moco is not None:
         moco.momentum_update()
@@ -164,9 +182,15 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     totals = sum_over_processes(local).tolist()
     reported = {k: v / world_size() for k, v in zip(losses, totals)}
     finite = totals[-1] == 0
+    scale = precision.gradient_scale
     applied = finite and precision.step(optimizer)       # fp16: the scaler may skip the step
+    if finite and not applied and scale <= 1:            # overflow without any scaling
+        finite = False
     if applied and moco is not None:
         moco.enqueue(gather_rows(outputs["keys"]))
     if not applied:
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(statistics, before):
+                buffer.copy_(saved)
     return StepResult(outputs, losses, reported, applied, finite)

@@ -1,7 +1,10 @@
 """Small models and inputs shared by several test files."""
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +66,23 @@ def tiny_trainer(args, run_dir: Path, **overrides):
     if args.resume:
         trainer.resume(args.resume)
     return trainer
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str):
+    """A tmpfs of ``size`` (mount's notation: '1m') mounted on ``path`` for the block: a real
+    disk that fills up. Skips the test where mounting is not allowed (it needs root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                 capture_output=True, text=True)
+        reason = mounted.stderr.strip() if mounted.returncode else ""
+    except OSError as error:
+        reason = str(error)
+    if reason:
+        pytest.skip(f"a real full disk needs a small tmpfs, and mounting one failed ({reason}): "
+                    "run the tests as root to include this case")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)

@@ -1,5 +1,6 @@
 """Checkpoint formats: our round trip, the authors' key map, strict loading, load_model, atomic
 saving and scripts/convert_checkpoint.py. Only the key-map round trip needs ../shared/golden."""
+import errno
 import json
 import os
 import subprocess
@@ -13,9 +14,9 @@ import model
 import utility
 from model.authors_format import (authors_constants, authors_to_ours, infer_authors_model,
                                   map_authors_key, map_our_key, ours_to_authors)
-from model.checkpoint import (FORMAT, CheckpointError, load_model, load_weights, read_checkpoint,
-                              save_checkpoint)
-from helpers import TINY, images, tiny
+from model.checkpoint import (FORMAT, CheckpointError, atomic_torch_save, load_model, load_weights,
+                              read_checkpoint, save_checkpoint)
+from helpers import TINY, images, small_filesystem, tiny
 from scripts import convert_checkpoint
 from scripts.golden.common import authors_state
 from scripts.golden.models import golden_model
@@ -191,6 +192,39 @@ def test_atomic_save_leaves_no_temp_file(tmp_path):
                         optimizer={"bad": Unpicklable()})
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("link", ["context", "cause"])
+def test_a_full_disk_is_recognised_through_the_exception_chain(link, tmp_path, monkeypatch):
+    # torch 2.14.1's zip writer: the failed write's OSError, then this RuntimeError at closing.
+    def full_disk(obj, handle):
+        no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        if link == "cause":
+            raise error from no_space
+        try:
+            raise no_space
+        except OSError:
+            raise error
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    path = tmp_path / "last.pt"
+    with pytest.raises(OSError) as raised:
+        atomic_torch_save({"epoch": 1}, path)
+    assert str(raised.value) == (f"cannot write checkpoint {path} (No space left on device); the "
+                                 "previous file there, if any, is intact: free some space or fix "
+                                 "the permissions, then --resume")
+    assert list(tmp_path.iterdir()) == []                 # no temp file left
+
+
+def test_a_real_full_disk_keeps_the_previous_file(tmp_path):
+    with small_filesystem(tmp_path / "disk", "1m") as disk:
+        atomic_torch_save({"weights": torch.zeros(10)}, disk / "last.pt")
+        before = (disk / "last.pt").read_bytes()
+        with pytest.raises(OSError, match=r"cannot write checkpoint .*last.pt \(No space left on device\)"):
+            atomic_torch_save({"weights": torch.zeros(500_000)}, disk / "last.pt")     # 2 MB
+        assert [p.name for p in disk.iterdir()] == ["last.pt"]
+        assert (disk / "last.pt").read_bytes() == before
 
 
 def test_bad_files_and_fields_fail_clearly(tmp_path):

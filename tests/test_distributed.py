@@ -4,9 +4,12 @@ The end-to-end runs launch ``python -m torch.distributed.run`` (torchrun) in a s
 """
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,9 @@ from torch import nn
 from data.sampler import GlobalBatchSampler
 from helpers import images, tiny, write_data_root
 from loss import build_loss
+import utility
 from model.checkpoint import read_checkpoint
-from model.parallel import GlobalBatchNorm2d
+from model.parallel import GlobalBatchNorm2d, ProcessGroup, on_rank_zero, wrap
 from trainer import JOINT, Phase, make_optimizer, set_trainable, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +77,57 @@ def test_data_parallel_steps_enqueue_every_key_of_the_batch_in_order():
     assert all(step.applied for step in steps)
 
 
+def threaded_parallel_apply(modules, inputs, kwargs_tup, devices=None):
+    """torch 2.14.1's ``parallel_apply`` on the CPU (torch's own needs an accelerator): each
+    replica runs in a thread of its own, which re-enters autocast with ``enabled`` alone, as
+    torch's ``_worker`` does with ``torch.amp.autocast(device_type, enabled=...)``."""
+    enabled, results = torch.is_autocast_enabled("cpu"), {}
+
+    def worker(i):
+        with torch.autocast("cpu", enabled=enabled):
+            results[i] = modules[i](*inputs[i], **kwargs_tup[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(modules))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [results[i] for i in range(len(modules))]
+
+
+class DtypeProbe(nn.Module):
+    """A convolution that records the dtype it computed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seen = []
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.seen.append(y.dtype)
+        return y
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_data_parallel_replicas_compute_in_the_callers_autocast_dtype(dtype, monkeypatch):
+    # Autocast's dtype is per thread: a replica's thread falls back to the device's default
+    # (float16 on CUDA, bfloat16 on the CPU) unless the wrapper passes the caller's on.
+    monkeypatch.setattr(sys.modules["torch.nn.parallel.data_parallel"], "parallel_apply",
+                        threaded_parallel_apply)
+    replicas = [DtypeProbe(), DtypeProbe()]
+    net = wrap(replicas[0], ProcessGroup(), torch.device("cpu"), data_parallel=[0, 1])
+    assert isinstance(net, nn.DataParallel)
+    x = images(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = net.parallel_apply(replicas, [(x[:1],), (x[1:],)], [{}, {}])
+    assert [r.seen for r in replicas] == [[dtype], [dtype]]
+    assert all(out.dtype == dtype for out in outputs)
+    with torch.autocast("cpu", enabled=False):                   # no autocast: float32 stays
+        net.parallel_apply(replicas, [(x[:1],), (x[1:],)], [{}, {}])
+    assert [r.seen[-1] for r in replicas] == [torch.float32, torch.float32]
+
+
 def _batchnorm_worker(rank: int, init_file: str, x: torch.Tensor, results: dict) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                          world_size=2)
@@ -103,6 +158,77 @@ def test_global_batchnorm_over_two_processes_equals_batchnorm_of_the_whole_batch
         torch.testing.assert_close(results[r][2], bn.running_mean)
         torch.testing.assert_close(results[r][3], bn.running_var)
     torch.testing.assert_close(results[0][4] + results[1][4], bn.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def _low_precision_batchnorm_worker(rank: int, init_file: str, inputs: dict, results: dict) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=2)
+    for name, x in inputs.items():
+        bn = GlobalBatchNorm2d(x.shape[1])
+        with torch.autocast("cpu", dtype=x.dtype):
+            try:
+                out = bn(x.chunk(2)[rank]).detach()
+            except Exception as error:             # e.g. a dtype gloo cannot all-gather
+                out = error
+        results[(name, rank)] = (out, bn.running_mean.clone(), bn.running_var.clone())
+    torch.distributed.destroy_process_group()
+
+
+def test_global_batchnorm_keeps_float32_statistics_under_low_precision(tmp_path):
+    # 16x48x48 values per channel and process, variance 4 (mean/std 10): in float16 their
+    # squared deviations sum to 1.5e5, beyond float16's 65504; bfloat16 rounds the mean to 0.125.
+    x = torch.randn(32, 2, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 + 20
+    inputs = {"fp16": x.half(), "bf16": x.bfloat16()}
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_low_precision_batchnorm_worker, args=(str(tmp_path / "init"), inputs, results),
+                 nprocs=2)
+        results = dict(results)
+    for name, low in inputs.items():
+        whole = low.double()                                 # the same values, exactly
+        mean, var = whole.mean((0, 2, 3)), whole.var((0, 2, 3), unbiased=False)
+        expected = (whole - mean[None, :, None, None]) / (var[None, :, None, None] + 1e-5).sqrt()
+        outs = [results[(name, rank)][0] for rank in (0, 1)]
+        assert all(isinstance(out, torch.Tensor) for out in outs), outs
+        out = torch.cat(outs)
+        assert out.dtype == low.dtype                           # the input's dtype ...
+        torch.testing.assert_close(out.double(), expected.to(low.dtype).double(),  # ... rounded once
+                                   atol=2 * torch.finfo(low.dtype).eps * 4, rtol=0)
+        unbiased = whole.var((0, 2, 3))
+        for rank in (0, 1):
+            running_mean, running_var = results[(name, rank)][1:]
+            torch.testing.assert_close(running_mean.double(), 0.1 * mean, atol=1e-5, rtol=0)
+            torch.testing.assert_close(running_var.double(), 0.9 + 0.1 * unbiased, atol=1e-5, rtol=0)
+
+
+def _rank_zero_worker(rank: int, init_file: str, results: dict) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=2)
+
+    def read():
+        if rank != 0:
+            raise AssertionError("only rank 0 does the work")
+        return {"read by": rank}
+
+    def fail():
+        raise FileNotFoundError("experiment/run/checkpoint/last.pt does not exist")
+
+    results[(rank, "read")] = on_rank_zero(read)
+    try:
+        on_rank_zero(fail)
+    except (FileNotFoundError, utility.FailedOnRankZero) as error:
+        results[(rank, "fail")] = type(error).__name__
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_zero_reads_for_everyone_and_its_failure_reaches_every_process(tmp_path):
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank_zero_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+        results = dict(results)
+    assert results[(0, "read")] == results[(1, "read")] == {"read by": 0}
+    # rank 0 raises (and prints) the error; the other ends quietly instead of waiting.
+    assert (results[(0, "fail")], results[(1, "fail")]) == ("FileNotFoundError", "FailedOnRankZero")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -171,18 +297,70 @@ def test_a_two_process_run_resumes_in_its_one_folder(data_root, tmp_path):
     assert [row["epoch"] for row in csv.DictReader(open(tmp_path / "experiment/ddp/psnr.csv"))] == ["1", "2"]
 
 
-def test_two_single_process_nodes_on_localhost(data_root, tmp_path):
+def two_nodes(argv: list, folders: list) -> list:
+    """main.py on two single-process torchrun 'machines' on localhost, each in its own folder
+    (no shared disk): [(returncode, stdout, stderr)] of nodes 0 and 1."""
     port = str(free_port())
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
          "--master_addr", "127.0.0.1", "--master_port", port, "--nproc_per_node", "1",
-         *[str(ROOT / "main.py") if a == "main.py" else a for a in train_argv(data_root, "nodes")]],
-        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         *[str(ROOT / "main.py") if a == "main.py" else a for a in argv]],
+        cwd=folders[rank], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in (0, 1)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
-    assert (tmp_path / "experiment/nodes/checkpoint/last.pt").is_file()
-    assert "x 2 processes" in (tmp_path / "experiment/nodes/log.txt").read_text()
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:                        # a node left waiting for the other one (as node 0 was)
+        for node in nodes:
+            if node.poll() is None:
+                node.terminate()
+                node.wait(timeout=60)
+    return [(node.returncode, *output) for node, output in zip(nodes, outputs)]
+
+
+def test_two_nodes_without_a_shared_folder_train_and_resume(data_root, tmp_path):
+    folders = [tmp_path / "node0", tmp_path / "node1"]
+    for folder in folders:
+        folder.mkdir()
+    first = two_nodes(train_argv(data_root, "nodes"), folders)
+    assert [node[0] for node in first] == [0, 0], first
+    run_dir = folders[0] / "experiment/nodes"
+    assert (run_dir / "checkpoint/last.pt").is_file() and "x 2 processes" in (run_dir / "log.txt").read_text()
+    assert list(folders[1].iterdir()) == []                 # only rank 0 writes
+    # Rank 0 reads last.pt and sends it: node 1 has no copy of the run folder.
+    more = two_nodes(train_argv(data_root, "nodes", "--resume", "--epochs_sr", "2"), folders)
+    assert [node[0] for node in more] == [0, 0], more
+    assert read_checkpoint(run_dir / "checkpoint/last.pt")["epoch"] == 2
+    assert list(folders[1].iterdir()) == []
+
+
+def test_a_signal_to_one_process_stops_all_after_the_checkpoint_naming_it(data_root, tmp_path):
+    argv = train_argv(data_root, "sig", "--test_every", "400", "--print_every", "1")
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node", "2", str(ROOT / "main.py"), *argv[1:]],
+                           cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    losses = tmp_path / "experiment/sig/losses.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not losses.exists() or len(losses.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    workers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()
+               and _parent_and_rank(int(pid)) == (run.pid, "1")]
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGUSR1)                     # rank 1 only, as some schedulers do
+    _, stderr = run.communicate(timeout=120)
+    assert "stopped by SIGUSR1 in epoch 1 after iteration" in stderr, stderr
+    done = read_checkpoint(tmp_path / "experiment/sig/checkpoint/last.pt")["progress"]["iteration"]
+    assert done >= 2 and len(losses.read_text().splitlines()) == 1 + done
+
+
+def _parent_and_rank(pid: int) -> tuple:
+    """(parent pid, RANK in its environment) of a process; (None, None) once it is gone."""
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None, None
+    rank = next((item[5:].decode() for item in environ if item.startswith(b"RANK=")), None)
+    return parent, rank
 
 
 def test_a_batch_that_does_not_split_is_one_error_line(data_root, tmp_path):

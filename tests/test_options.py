@@ -63,6 +63,7 @@ def test_explicit_flags_beat_the_preset():
     (["--blur_kernel", "20"], "must be odd"),
     (["--scale", "5"], "invalid choice"),
     (["--data_test=Set14"], "--data_test Set14: say where its images are with --test_path"),
+    (["--sync_bn", "--n_GPUs", "2"], "--sync_bn synchronises BatchNorm over torchrun's processes"),
 ])
 def test_nonsense_values_exit_with_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

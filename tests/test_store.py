@@ -2,9 +2,11 @@
 the PNG folder, rebuilt when damaged or stale, and one error line naming a bad file."""
 import builtins
 import errno
+import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import traceback
@@ -20,6 +22,7 @@ import utility
 from data import build_train_loader, build_train_set
 from data.images import ImageError, read_image, write_png
 from data.hr_folder import PatchPairs
+from data import store
 from data.store import StoreError, store_folder, store_sources
 from helpers import write_noise_images
 from scripts import bench_data, prepare_data
@@ -211,6 +214,29 @@ def test_an_unwritable_store_is_one_error_naming_it(tmp_path, monkeypatch):
         store_sources([tmp_path / "T"], tmp_path / "cache")
     left = [p.name for p in (tmp_path / "cache").glob("*/*") if p.name != ".lock"]
     assert left == ["index.json"]  # and no partial entry
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_filesystem_without_file_locks_takes_turns_through_a_lock_file(code, tmp_path, monkeypatch,
+                                                                          store_log):
+    write_noise_images(tmp_path / "T", [(40, 50), (33, 61)])
+
+    def refused(handle, operation):                       # some NFS and Lustre mounts
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(store.fcntl, "flock", refused)
+    root = store_folder(tmp_path / "cache", tmp_path / "T")
+    root.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])                     # a build that crashed left its file
+    gone.wait()
+    (root / ".lock.held").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    images = store_sources([tmp_path / "T"], tmp_path / "cache")
+    assert [image.shape for image in images] == [(40, 50), (33, 61)]
+    assert not (root / ".lock.held").exists()
+    warnings = [message for level, message in store_log if level == logging.WARNING]
+    assert warnings == [f"the filesystem of {root} refuses file locks ({os.strerror(code)}); "
+                        f"processes take turns through {root / '.lock.held'} instead",
+                        f"taking over {root / '.lock.held'}, left by pid {gone.pid}, which is gone"]
 
 
 def test_a_complete_store_on_a_read_only_disk_is_used(tmp_path, monkeypatch):
