@@ -1,4 +1,4 @@
-"""Figures: curves over epochs or settings, and grids of image crops (matplotlib, Agg backend)."""
+"""Results as figures: curves over epochs or settings, and grids of image crops (matplotlib, Agg backend)."""
 from pathlib import Path
 from typing import Dict, Sequence, Union
 

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 import option  # noqa: E402
 import utility  # noqa: E402
 from data import build_train_loader, build_train_set  # noqa: E402
-from data.hr_folder import PatchPairs  # noqa: E402
+from data.patch_pairs import PatchPairs  # noqa: E402
 from data.images import list_images, write_png  # noqa: E402
 from data.sample_photos import training_photos  # noqa: E402
 

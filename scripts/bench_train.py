@@ -7,7 +7,7 @@
 For each model (the paper recipe of its preset, x4, LR patch 48) and each precision, one joint
 training step is what the trainer does per iteration: ``TrainingDegradation.apply`` on a batch
 of HR patch pairs (parameters drawn beforehand, as the data-loading workers do) and
-``trainer.training_step`` (MoCo update, forward under the precision's autocast, losses,
+``model.training.training_step`` (MoCo update, forward under the precision's autocast, losses,
 backward, Adam). Every precision trains its own copy of the same initial model on the same
 batches, and the copies take turns (round 1: A, B, C; round 2: B, C, A; ...), so load drift on a
 shared machine hits all modes alike and the losses of the same step can be compared.
@@ -56,7 +56,7 @@ from loss import build_loss  # noqa: E402
 from model import make_model  # noqa: E402
 from model.inference import predict  # noqa: E402
 from model.precision import PRECISIONS, Precision  # noqa: E402
-from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
+from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
 from scripts.measure import (GEMM_IMPLEMENTATIONS, MiB, allocator_settings, count_flops,  # noqa: E402
                              describe_device, host_load, markdown_table, matmul_call, matmul_gflops,

@@ -16,7 +16,7 @@ implementations get identical weights (theirs initialised, ours loaded from its 
   the recipe of the model's preset), theirs ``SRMDPreprocessing`` as their trainer calls it,
   ours ``TrainingDegradation.apply`` (parameters drawn beforehand, as our loader workers do);
 * ``train step``: the degradation plus one joint step; theirs as in their ``trainer.train``
-  (``model(lr)``, L1 + cross-entropy, backward, Adam at lr 1e-4), ours ``trainer.training_step``.
+  (``model(lr)``, L1 + cross-entropy, backward, Adam at lr 1e-4), ours ``model.training.training_step``.
 
 Each comparison alternates the two (theirs, ours, ours, theirs, ...) after --warmup rounds, so
 load drift hits both alike. Reported: the median wall time of each and the ratio ours/theirs of
@@ -54,7 +54,7 @@ from model.precision import Precision  # noqa: E402
 from scripts.authors_code import AuthorsCode, AuthorsError  # noqa: E402
 from scripts.measure import (MiB, allocator_settings, host_load,  # noqa: E402
                              markdown_table, median, peak_bytes, timed)
-from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
+from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
 CPU = torch.device("cpu")
 def saved_for_backward_bytes(fn: Callable[[], object], exclude: Sequence[torch.Tensor]) -> int:

@@ -7,7 +7,7 @@ import torch
 
 import option
 from data import build_test_sets, build_train_loader, build_train_set, training_folders
-from data.hr_folder import PatchPairs, random_flip_rotate
+from data.patch_pairs import PatchPairs, random_flip_rotate
 from data.images import ImageError
 from data.sample_photos import held_out_photos, training_photos
 from helpers import write_noise_images
@@ -33,7 +33,7 @@ def test_an_image_smaller_than_the_patch_is_named(tmp_path):
     with pytest.raises(ImageError, match="image 1 is 10x40, smaller than the HR patch 16x16"):
         PatchPairs([np.zeros((20, 20, 3), np.uint8), np.zeros((10, 40, 3), np.uint8)], 16, 4)
     write_noise_images(tmp_path, [(40, 40), (12, 50)])
-    from data.hr_folder import folder_sources
+    from data.patch_pairs import folder_sources
     with pytest.raises(ImageError, match="img_001.png is 12x50"):
         PatchPairs(folder_sources([tmp_path]), 16, 4)
 
@@ -41,7 +41,7 @@ def test_an_image_smaller_than_the_patch_is_named(tmp_path):
 def test_a_corrupt_training_image_is_named(tmp_path):
     write_noise_images(tmp_path, [(40, 40)])
     (tmp_path / "img_009.png").write_bytes(b"junk")
-    from data.hr_folder import folder_sources
+    from data.patch_pairs import folder_sources
     with pytest.raises(ImageError, match="img_009.png"):
         PatchPairs(folder_sources([tmp_path]), 16, 4)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from data.images import read_image
-from helpers import write_data_root
 from model.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,11 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(script, *argv, cwd):
     return subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=cwd, capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 40)] * 2, [(32, 32)], seed=1)
 
 
 @pytest.mark.parametrize("model", ["CDSR", "DASR"])

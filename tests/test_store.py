@@ -21,7 +21,7 @@ import option
 import utility
 from data import build_train_loader, build_train_set
 from data.images import ImageError, read_image, write_png
-from data.hr_folder import PatchPairs
+from data.patch_pairs import PatchPairs
 from data import store
 from data.store import StoreError, store_folder, store_sources
 from helpers import write_noise_images
@@ -110,7 +110,7 @@ def test_a_fresh_store_is_read_without_decoding(tmp_path, monkeypatch):
     def no_decoding(path):
         raise AssertionError(f"decoded {path}")
     monkeypatch.setattr("data.store.read_image", no_decoding)
-    monkeypatch.setattr("data.hr_folder.read_image", no_decoding)
+    monkeypatch.setattr("data.patch_pairs.read_image", no_decoding)
     again = store_sources([tmp_path / "T"], cache)
     assert {p: p.stat().st_mtime_ns for p in entries(cache)} == written
     corners = [(0, 0), (5, 9)]
