@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -41,13 +41,8 @@ from data.sample_photos import training_photos  # noqa: E402
 DF2K_SIZE = (1356, 2040)  # (H, W) of a typical DF2K image
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="bench_data.py", description=__doc__.split("\n")[0])
+    parser = option.ArgumentParser(prog="bench_data.py", description=__doc__.split("\n")[0])
     parser.add_argument("--hr_dir", type=Path, default=None,
                         help="your own HR folder (default: upscaled bundled photos)")
     parser.add_argument("--images", type=int, default=8, help="images in the benchmark folder")

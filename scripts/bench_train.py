@@ -58,9 +58,10 @@ from model.inference import predict  # noqa: E402
 from model.precision import PRECISIONS, Precision  # noqa: E402
 from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
-from scripts.measure import (GEMM_IMPLEMENTATIONS, MiB, allocator_settings, count_flops,  # noqa: E402
-                             describe_device, host_load, markdown_table, matmul_call, matmul_gflops,
-                             median, peak_bytes, resting_bytes, timed)
+from scripts.measure import (GEMM_IMPLEMENTATIONS, MiB, add_workload_flags,  # noqa: E402
+                             allocator_settings, count_flops, describe_device, host_load,
+                             markdown_table, matmul_call, matmul_gflops, median, peak_bytes,
+                             resting_bytes, timed)
 
 
 def default_precisions(device: torch.device) -> List[str]:
@@ -221,12 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default=None,
                    help=f"comma-separated subset of {', '.join(PRECISIONS)} (default: those the "
                         "device computes natively, see above)")
-    p.add_argument("--batch_size", type=int, default=4, help="training images per step")
-    p.add_argument("--patch_size", type=int, default=48, help="LR patch side")
-    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
-    p.add_argument("--iterations", type=int, default=5, help="timed rounds (every mode once each)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_workload_flags(p, iterations=5, iterations_help="timed rounds (every mode once each)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--eval_size", type=int, default=128, help="CUDA: LR side of the eval forward")
     p.add_argument("--json", default=None, help="also write the measurements to this file")
