@@ -1,4 +1,4 @@
-"""Train CDSR or DASR: ``python main.py`` runs a short CPU demo; see README.md for the recipes.
+"""Train CDSR, DASR or KDSR: ``python main.py`` runs a short CPU demo; see README.md for the recipes.
 
 One process per device: ``torchrun --nproc_per_node N main.py ...`` (see README, 'Several GPUs').
 """
@@ -14,9 +14,9 @@ import option
 import utility
 from data import build_test_sets, build_train_set
 from data.report import plot_set_comparison
-from loss import build_loss
+from loss import make_loss
 from model import make_model
-from model.checkpoint import load_weights
+from model.checkpoint import load_start_weights
 from model.evaluation import evaluate, inference_policy
 from model.parallel import (ProcessGroup, convert_to_global_batchnorm, process_group_from_env,
                             reports_errors)
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     group, device = start(args)
     train_set, test_sets = build_train_set(args, full_check=group.local_rank == 0), build_test_sets(args)
     model = build_network(args, device)
-    trainer = Trainer(args, model, build_loss(args.loss, args.c_weight), train_set, test_sets, device, group)
+    trainer = Trainer(args, model, make_loss(args, model), train_set, test_sets, device, group)
     with training_session(trainer) as stop:
         metrics = trainer.fit(stop)
     if group.is_main:
@@ -48,14 +48,18 @@ def start(args) -> Tuple[ProcessGroup, torch.device]:
 
 
 def build_network(args, device: torch.device) -> nn.Module:
-    """The paper-size model of the options on ``device``: with --sync_bn its BatchNorms over the
-    global batch, with --pre_train the given weights (ours or the authors')."""
+    """The paper-size model of the options on ``device`` (for a KDSR student, the teacher and
+    student of its distillation run): with --sync_bn its BatchNorms over the global batch, with
+    --pre_train (and KDSR's --pre_train_TA, --pre_train_ST) the given weights, ours or the
+    authors' (``load_start_weights``)."""
     model = make_model(args)
     if args.sync_bn:
         convert_to_global_batchnorm(model)
     model.to(device)
-    if args.pre_train:
-        utility.get_logger().info(f"loaded {load_weights(model, args.pre_train)} weights from {args.pre_train}")
+    for flag, path in (("--pre_train", args.pre_train), ("--pre_train_TA", args.pre_train_TA),
+                       ("--pre_train_ST", args.pre_train_ST)):
+        if path:
+            utility.get_logger().info(f"{flag}: {load_start_weights(model, flag, path)}")
     return model
 
 
@@ -68,7 +72,7 @@ def report(trainer: Trainer, metrics: Dict[str, Dict[str, float]]) -> None:
         print(f"{name}: PSNR {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}; bicubic (MATLAB) upscaling of the "
               f"same LR: {m['bicubic_psnr']:.2f} dB / {m['bicubic_ssim']:.4f} ({minutes:.1f} min)")
     run_dir = trainer.run_dir
-    evaluate(trainer.model, trainer.test_sets, trainer.device, save_dir=run_dir / "results",
+    evaluate(trainer.final_model, trainer.test_sets, trainer.device, save_dir=run_dir / "results",
              **inference_policy(trainer.args))
     figures = [plot_set_comparison(run_dir / "figures" / f"compare_{s.name}.png", s, run_dir / "results")
                for s in trainer.test_sets]

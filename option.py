@@ -1,9 +1,11 @@
 """Command-line options.
 
 ``build_parser()`` and ``parse_args(argv)`` do nothing at import. The flag names follow the
-authors' CDSR/DASR code, so their README commands parse; booleans are real switches. A preset
-(``--preset``) replaces the defaults with a paper recipe; flags given explicitly still win.
-``parse_args`` validates the values and returns an ``argparse.Namespace`` that nobody mutates.
+authors' CDSR/DASR/KDSR code, so their README and script commands parse; booleans are real
+switches. A preset (``--preset``) replaces the defaults with a paper recipe; flags given
+explicitly still win. ``parse_args`` validates the values and returns an ``argparse.Namespace``
+that nobody mutates. KDSR's commands say ``--model='blindsr'`` (as DASR's do): with one of
+KDSR's own flags (``KDSR_FLAGS``) that means KDSR (``authors_kdsr_model``).
 """
 import argparse
 import os
@@ -24,7 +26,28 @@ PRESETS: Dict[str, Dict[str, object]] = {
                  freeze_epoch=10 ** 6, lr_encoder=1e-3, lr_decay_encoder=60, gamma_encoder=0.1,
                  lr_sr=1e-4, lr_decay_sr=125, gamma_sr=0.5, test_every=1000, print_every=200,
                  n_threads=4, data_test="Set14", save="blindsr"),
+    # KDSR's two recipes (KDSR-classic main_*_KDSRsMx4_stage{3,4}.sh): the teacher stage (their
+    # stage 3), then the student's (stage 4) in one run. Their stage-4 --epochs_sr counts the
+    # distillation-encoder epochs too (500 in all for aniso): ours counts the epochs after them.
+    "kdsr-iso": dict(model="KDSR-S-M", scale=4, patch_size=64, batch_size=64, blur_type="iso_gaussian",
+                     sig_min=0.2, sig_max=4.0, sig=3.6, noise=0.0, epochs_teacher=500,
+                     lr_teacher=1e-4, lr_decay_teacher=125, gamma_teacher=0.5, epochs_encoder=0,
+                     epochs_sr=600, lr_sr=1e-4, lr_decay_sr=150, gamma_sr=0.5,
+                     freeze_epoch=10 ** 6, test_every=1000, print_every=200, n_threads=4,
+                     data_test="Set14", save="kdsr_iso"),
+    "kdsr-aniso": dict(model="KDSR-S-M", scale=4, patch_size=64, batch_size=64,
+                       blur_type="aniso_gaussian", lambda_min=0.2, lambda_max=4.0, lambda_1=4.0,
+                       lambda_2=1.5, theta=120.0, noise=25.0, epochs_teacher=500, lr_teacher=1e-4,
+                       lr_decay_teacher=125, gamma_teacher=0.5, epochs_encoder=100,
+                       lr_encoder=2e-4, lr_decay_encoder=60, gamma_encoder=0.1, epochs_sr=400,
+                       lr_sr=1e-4, lr_decay_sr=125, gamma_sr=0.5, freeze_epoch=10 ** 6,
+                       test_every=1000, print_every=200, n_threads=4, data_test="Set14",
+                       save="kdsr_aniso"),
 }
+# KDSR's own flags: beside --model='blindsr' (the authors' name for every model) they mean KDSR.
+KDSR_FLAGS = ("--pre_train_TA", "--pre_train_ST", "--st_save_epoch", "--temperature",
+              "--n_feats", "--n_blocks", "--n_resblocks")
+KDSR_WIDTHS = ("n_feats", "n_blocks", "n_resblocks")
 
 
 def _resume_value(text: str) -> int:
@@ -75,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     from model.variants import ABLATIONS
 
     p = ArgumentParser(
-        description="Train CDSR / DASR blind super-resolution (score checkpoints with test.py).",
+        description="Train CDSR / DASR / KDSR blind super-resolution (score checkpoints with test.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="set of defaults: 'demo' (short CPU run, the defaults shown here) or the "
-                        "authors' recipe 'cdsr'/'dasr'; default: demo without --dir_data, "
-                        "otherwise the recipe of --model")
+                        "authors' recipe 'cdsr'/'dasr'/'kdsr-iso'/'kdsr-aniso'; default: demo "
+                        "without --dir_data, otherwise the recipe of --model (KDSR: kdsr-aniso "
+                        "with --blur_type aniso_gaussian, else kdsr-iso)")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
@@ -130,13 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="CDSR",
-                   help="network (case-insensitive): CDSR, DASR or a CDSR ablation cdsr-ABLATION "
-                        "(see --ablation)")
+                   help="network (case-insensitive): CDSR, DASR, a CDSR ablation cdsr-ABLATION "
+                        "(see --ablation), KDSR-S-M / KDSR-S-L (a KDSR student: its teacher is "
+                        "trained first, then distilled into it) or KDSR-T-M / KDSR-T-L (the "
+                        "teacher alone); 'blindsr' is DASR, or KDSR beside one of KDSR's flags")
     g.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                    help="with --model CDSR: train the ablation cdsr-ABLATION instead (the same "
                         "as --model cdsr-ABLATION; README, 'Ablations', says what each removes)")
     g.add_argument("--pre_train", default=None, help="weights to start from (ours or the authors')")
     g.add_argument("--queue_size", type=int, default=8192, help="MoCo queue length (negatives)")
+    _add_kdsr_width_flags(g, "KDSR: select the size M (64, 53, 9) or L (128, 28, 5) of --model")
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs_encoder", type=int, default=1,
@@ -160,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scaler's skips count once its scale is down to 1")
 
     g.add_argument("--test_only", action=_AcceptedSwitch,
-                   help="score --pre_train (or --resume N) as test.py does instead of training "
-                        "(EDSR's habit); the training flags are ignored")
+                   help="score --pre_train (or --pre_train_ST, or --resume N) as test.py does "
+                        "instead of training (EDSR's habit); the training flags are ignored")
+    _add_kdsr_flags(p)
 
     g = p.add_argument_group("run folder")
     g.add_argument("--save", default="demo", help="run folder name under experiment/")
@@ -175,6 +203,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_models", action="store_true", help="keep a checkpoint of every epoch")
     _add_inference_flags(p)
     return p
+
+
+def _add_kdsr_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("KDSR (knowledge distillation; README, 'KDSR')")
+    g.add_argument("--epochs_teacher", type=int, default=2,
+                   help="teacher epochs (L1; the authors' stage 3): the whole run of --model "
+                        "KDSR-T-*, the first stage of KDSR-S-*; none with --pre_train_TA")
+    g.add_argument("--lr_teacher", type=float, default=5e-4, help="teacher learning rate")
+    g.add_argument("--lr_decay_teacher", type=int, default=2, help="teacher lr step (epochs)")
+    g.add_argument("--gamma_teacher", type=float, default=0.5, help="teacher lr decay factor")
+    g.add_argument("--temperature", type=float, default=0.15,
+                   help="softmax temperature of the distillation loss (KL between the teacher's "
+                        "and the student's degradation features)")
+    g.add_argument("--kd_weight", type=float, default=1.0,
+                   help="weight of the distillation loss (the authors': 1); 0 is the ablation "
+                        "without distillation (the student learns from L1 alone)")
+    g.add_argument("--pre_train_TA", default=None,
+                   help="a trained teacher (ours, or the authors' model_TA_*.pt): a student's run "
+                        "skips the teacher stage and distils it; a teacher's run starts from it")
+    g.add_argument("--pre_train_ST", default=None,
+                   help="the student's starting weights: a student file, or a teacher file whose "
+                        "generator it takes (what the authors' stage-4 scripts pass); default: the "
+                        "teacher's generator when distillation starts")
+    g.add_argument("--st_save_epoch", type=int, default=None,
+                   help="also keep checkpoint/epoch_<e>.pt as the authors' trainers keep "
+                        "model_TA_<e>.pt / model_ST_<e>.pt: e > N or e a multiple of 20 (teacher) "
+                        "/ 30 (student), e counted from the start of its stage")
+
+
+def _add_kdsr_width_flags(g, help_prefix: str) -> None:
+    for flag, meaning in (("n_feats", "generator width"), ("n_blocks", "generator blocks"),
+                          ("n_resblocks", "encoder residual blocks")):
+        g.add_argument(f"--{flag}", type=int, default=None, help=f"{help_prefix}: {meaning}")
 
 
 def _add_benchmark_flags(g) -> None:
@@ -237,15 +298,19 @@ def build_test_parser() -> argparse.ArgumentParser:
                     "degradation or every setting of a published protocol, or super-resolve "
                     "your own images.")
     g = p.add_argument_group("checkpoint and hardware")
-    g.add_argument("--pre_train", default=None,
-                   help="checkpoint: ours or the authors' state dict; the model and scale come from it")
+    g.add_argument("--pre_train", "--pre_train_ST", dest="pre_train", default=None,
+                   help="checkpoint: ours or the authors' state dict; the model and scale come from "
+                        "it (--pre_train_ST: KDSR's name, in their test scripts)")
     g.add_argument("--resume", type=int, default=0, metavar="N",
                    help="instead of --pre_train, epoch N (-1: the latest; 0: off) of the training run "
                         "--save (default blindsr): ours, experiment/SAVE/checkpoint/epoch_N.pt "
                         "(last.pt), or DASR's, experiment/SAVE_x<scale>_<sample_mode>_<iso|aniso>/"
                         "model/model_N.pt (model_latest.pt)")
     g.add_argument("--model", default=None,
-                   help="check that the checkpoint holds this model ('blindsr' is DASR)")
+                   help="check that the checkpoint holds this model ('blindsr', the authors' name, "
+                        "is DASR or KDSR); a KDSR distillation run's file holds the student, and "
+                        "its teacher, scored with --model KDSR-T-M (-L)")
+    _add_kdsr_width_flags(g, "check that the KDSR checkpoint has this")
     g.add_argument("--scale", type=int, default=None, choices=(2, 3, 4),
                    help="check that the checkpoint is for this scale")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
@@ -303,10 +368,54 @@ def _parse_with_preset(parser: argparse.ArgumentParser, argv: Optional[List[str]
     known, _ = parser.parse_known_args(argv)
     preset = known.preset
     if preset is None:
-        from model.variants import family  # a CDSR variant trains with CDSR's recipe
-        preset = "demo" if known.dir_data is None else family(known.model or "cdsr")
+        model = authors_kdsr_model(argv, known) or known.model or "cdsr"
+        preset = "demo" if known.dir_data is None else recipe_of(model, known.blur_type)
     parser.set_defaults(preset=preset, **PRESETS.get(preset, {}))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = authors_kdsr_model(argv, args) or args.model
+    return args
+
+
+def recipe_of(model: str, blur_type: str) -> str:
+    """The preset of ``model``'s authors' recipe: a CDSR variant trains with CDSR's, 'blindsr'
+    with DASR's, KDSR with kdsr-aniso (anisotropic blur) or kdsr-iso."""
+    from model.variants import family
+    name = family(model)
+    if name.startswith("kdsr-"):
+        return "kdsr-aniso" if blur_type == "aniso_gaussian" else "kdsr-iso"
+    return name
+
+
+def authors_kdsr_model(argv: Optional[List[str]], args: argparse.Namespace) -> Optional[str]:
+    """The KDSR model an authors' KDSR command means by ``--model blindsr``, or None: with one
+    of ``KDSR_FLAGS`` on the command line, the student (their stage 4, which names a teacher
+    with --pre_train_TA/--pre_train_ST) or else the teacher (stage 3), at the size the width
+    flags select (M without them). ValueError for widths of no published size."""
+    from model import AUTHORS_GENERIC_NAME
+    from model.kdsr import kdsr_name
+    if str(args.model).lower() != AUTHORS_GENERIC_NAME or not any(_given(argv, f) for f in KDSR_FLAGS):
+        return None
+    role = "s" if args.pre_train_TA or args.pre_train_ST else "t"
+    return kdsr_name(role, kdsr_size_of_widths(args) or "m")
+
+
+def kdsr_size_of_widths(args: argparse.Namespace) -> Optional[str]:
+    """The KDSR size ('m' or 'l') that --n_feats/--n_blocks/--n_resblocks select (None when
+    none is given); ValueError when they fit no published size."""
+    from model.kdsr import SIZES
+    given = {k: getattr(args, k) for k in KDSR_WIDTHS if getattr(args, k, None) is not None}
+    if not given:
+        return None
+    fits = [size for size, widths in SIZES.items() if all(getattr(widths, k) == v for k, v in given.items())]
+    if not fits:
+        published = "; ".join(f"{size.upper()}: " + " ".join(f"--{k} {getattr(w, k)}" for k in KDSR_WIDTHS)
+                              for size, w in SIZES.items())
+        raise ValueError(f"{_widths_text(given)} is not a published KDSR size ({published})")
+    return fits[0]
+
+
+def _widths_text(given: Dict[str, int]) -> str:
+    return " ".join(f"--{k} {v}" for k, v in given.items())
 
 
 def wants_test_only(argv: Optional[List[str]]) -> bool:
@@ -344,16 +453,17 @@ def _given(argv: Optional[List[str]], flag: str) -> bool:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ValueError with one clear sentence for values that make no sense."""
-    from model import canonical_name
+    from model import canonical_name, has_moco_queue
     positive = ("patch_size", "batch_size", "test_every", "print_every", "queue_size",
-                "lr_decay_encoder", "lr_decay_sr", "n_GPUs", "max_bad_steps")
+                "lr_decay_encoder", "lr_decay_sr", "lr_decay_teacher", "n_GPUs", "max_bad_steps")
     for name in positive:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("lr_encoder", "lr_sr", "gamma_encoder", "gamma_sr"):
+    for name in ("lr_encoder", "lr_sr", "lr_teacher", "gamma_encoder", "gamma_sr", "gamma_teacher",
+                 "temperature"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("c_weight", "sig_min", "lambda_min"):
+    for name in ("c_weight", "sig_min", "lambda_min", "kd_weight", "epochs_teacher"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.sig_min > args.sig_max:
@@ -377,9 +487,10 @@ def validate(args: argparse.Namespace) -> None:
                          f"DataParallel's --n_GPUs {args.n_GPUs}, where each GPU would still "
                          f"normalise its own share: launch torchrun --nproc_per_node "
                          f"{args.n_GPUs} main.py ... --sync_bn (without --n_GPUs)")
-    if args.queue_size % args.batch_size:
+    if has_moco_queue(_model_name(args)) and args.queue_size % args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
                          f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")
+    _validate_kdsr(args)
     _validate_schedule(args)
     _validate_model_input(args)
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1   # torchrun's
@@ -388,8 +499,65 @@ def validate(args: argparse.Namespace) -> None:
                          f"the {world_size} processes; choose a multiple of {world_size}")
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    """The registry name of --model (with --ablation)."""
+    from model import canonical_name
+    return canonical_name(f"{args.model}-{args.ablation}" if args.ablation else args.model)
+
+
+def _validate_kdsr(args: argparse.Namespace) -> None:
+    """KDSR's flags against --model: widths of its size, a teacher to distil, something to train."""
+    from model.kdsr import kdsr_name, kdsr_role_and_size
+    name = _model_name(args)
+    kdsr = kdsr_role_and_size(name)
+    widths = {k: getattr(args, k) for k in KDSR_WIDTHS if getattr(args, k) is not None}
+    if kdsr is None:
+        for flag in ("pre_train_TA", "pre_train_ST", "st_save_epoch"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} is KDSR's; --model {args.model} is not a KDSR model")
+        if widths:
+            raise ValueError(f"{_widths_text(widths)} select a KDSR size; --model {args.model} "
+                             "is not a KDSR model")
+        return
+    role, size = kdsr
+    selected = kdsr_size_of_widths(args)
+    if selected not in (None, size):
+        raise ValueError(f"the widths {_widths_text(widths)} are KDSR's {selected.upper()} size, but --model "
+                         f"{args.model} is its {size.upper()} size: use --model "
+                         f"{kdsr_name(role, selected).upper()}")
+    if args.st_save_epoch is not None and args.st_save_epoch < 0:
+        raise ValueError(f"--st_save_epoch must be >= 0, got {args.st_save_epoch}")
+    if role == "t":
+        if args.pre_train_ST:
+            raise ValueError(f"--pre_train_ST starts a student; --model {args.model} trains the "
+                             "teacher (its starting weights: --pre_train_TA)")
+        if args.epochs_teacher == 0:
+            raise ValueError(f"nothing to train: --epochs_teacher 0 with the teacher --model {args.model}")
+        return
+    n_encoder = max(args.epochs_encoder, 0)
+    if args.epochs_sr < 0:
+        raise ValueError(f"--epochs_sr must be >= 0, got {args.epochs_sr}")
+    if args.pre_train and (args.pre_train_TA or args.pre_train_ST):
+        raise ValueError("--pre_train gives a distillation run's teacher and student together; "
+                         "use it or --pre_train_TA/--pre_train_ST")
+    if not (args.pre_train_TA or args.pre_train or args.epochs_teacher):
+        raise ValueError(f"--epochs_teacher 0: {args.model} would distil an untrained teacher; "
+                         "train it here (--epochs_teacher N) or give a trained one (--pre_train_TA)")
+    if n_encoder and args.kd_weight == 0:
+        raise ValueError(f"--kd_weight 0 leaves the {n_encoder} distillation-encoder epochs "
+                         "(--epochs_encoder) nothing to train: pass --epochs_encoder 0")
+    n_teacher = 0 if args.pre_train_TA else args.epochs_teacher
+    if n_teacher + n_encoder + args.epochs_sr == 0:
+        raise ValueError("nothing to train: no teacher (--pre_train_TA), --epochs_encoder and "
+                         "--epochs_sr 0")
+
+
 def _validate_schedule(args: argparse.Namespace) -> None:
-    """--epochs_encoder, --epochs_sr and --freeze_epoch make phases (``model.training.build_phases``)."""
+    """--epochs_encoder, --epochs_sr and --freeze_epoch make phases (``model.training.build_phases``;
+    KDSR's are checked by ``_validate_kdsr``)."""
+    from model.kdsr import kdsr_role_and_size
+    if kdsr_role_and_size(_model_name(args)) is not None:
+        return
     n_encoder = max(args.epochs_encoder, 0)
     if args.epochs_sr < 0:
         raise ValueError(f"--epochs_sr must be >= 0, got {args.epochs_sr}")
@@ -458,8 +626,8 @@ def validate_test(args: argparse.Namespace) -> None:
 def parse_args(argv: Optional[List[str]] = None, *, test: bool = False) -> argparse.Namespace:
     """Parsed, validated options of main.py (or, with ``test=True``, of test.py)."""
     parser = build_test_parser() if test else build_parser()
-    args = parser.parse_args(argv) if test else _parse_with_preset(parser, argv)
     try:
+        args = parser.parse_args(argv) if test else _parse_with_preset(parser, argv)
         (validate_test if test else validate)(args)
         roots = (args.dir_data, args.test_path) + ((args.testsets,) if test else ())
         if roots == (None,) * len(roots) and _given(argv, "--data_test"):

@@ -79,9 +79,12 @@ def score(model, args, device, checkpoint: Path, results_folder: Path) -> None:
                        devices=scoring_devices(args.n_GPUs, device), **policy)
     what = f"the {args.protocol} protocol" if args.protocol else "a fixed degradation"
     source = f"LR from {args.testsets}" if args.testsets else "LR generated on the fly"
-    print(write_tables(run_dir, sets, results, title=f"{model.name.upper()} x{model.scale} on {what}", notes=[
-        f"Checkpoint `{checkpoint}`; {source}; inference: {describe_policy(policy)}.",
-        f"PSNR (dB) / SSIM on the Y channel (BT.601), {model.scale} border pixels shaved."],
+    notes = [f"Checkpoint `{checkpoint}`; {source}; inference: {describe_policy(policy)}.",
+             f"PSNR (dB) / SSIM on the Y channel (BT.601), {model.scale} border pixels shaved."]
+    if model.needs_hr:
+        notes.append(f"{model.name.upper()} is a distillation teacher: its encoder read each "
+                     "image's HR (as its authors validate it), so these scores are not blind.")
+    print(write_tables(run_dir, sets, results, title=f"{model.name.upper()} x{model.scale} on {what}", notes=notes,
         record={"checkpoint": str(checkpoint), "model": model.name, "scale": model.scale,
                 "protocol": args.protocol, "testsets": args.testsets, "policy": policy,
                 "options": vars(args)}))
@@ -94,12 +97,24 @@ def score(model, args, device, checkpoint: Path, results_folder: Path) -> None:
     print(f"tables, SR images and figures: {run_dir}" if sr_dir else f"tables: {run_dir}")
 
 
+def check_widths(model, args, checkpoint: Path) -> None:
+    """--n_feats/--n_blocks/--n_resblocks (KDSR's test scripts pass them) against the model the
+    checkpoint holds (ValueError when they differ)."""
+    given = {k: getattr(args, k) for k in option.KDSR_WIDTHS if getattr(args, k) is not None}
+    held = {k: model.hparams.get(k) for k in given}
+    if held != given:
+        text = lambda widths: " ".join(f"--{k} {v}" for k, v in widths.items())  # noqa: E731
+        raise ValueError(f"{checkpoint} holds {model.name.upper()} ({text(held)}), not "
+                         f"{text(given)} as requested")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = option.parse_args(argv, test=True)
     utility.setup_logging()
     device = utility.select_device(args.cpu)
     checkpoint, results_folder = checkpoint_and_results_folder(args)
     model = load_model(checkpoint, device, model_name=args.model, scale=args.scale)
+    check_widths(model, args, checkpoint)
     if args.input:
         if args.n_GPUs > 1:
             utility.get_logger().info(f"--n_GPUs {args.n_GPUs}: --input runs on one device")

@@ -1,7 +1,8 @@
 """The training run.
 
-A run is a list of phases (``model.training.Phase``: encoder pre-training, joint, frozen encoder),
-built from the options and validated before anything starts; ``Trainer`` runs them epoch by
+A run is a list of phases (``model.training.Phase``: encoder pre-training, joint, frozen encoder;
+for KDSR teacher, distillation encoder, distillation), built from the options and validated
+before anything starts; ``Trainer`` runs them epoch by
 epoch. Each phase transition rebuilds the Adam optimizer over exactly the parameters that phase
 trains (and the DDP wrapper, which registers gradients at construction) and is logged once.
 The phase vocabulary and the training step live in ``model/training.py``, validation's
@@ -32,8 +33,8 @@ from model.parallel import (ProcessGroup, any_process, barrier, close_process_gr
                             restarted_by_torchrun, wrap)
 from model.precision import Precision
 from model.run_checkpoints import ResumePoint, RunCheckpoints
-from model.training import (Phase, StepResult, build_phases, make_optimizer, phase_of,
-                            phases_summary, set_trainable, training_step)
+from model.training import (Phase, StepResult, begin_phase, build_phases, evaluated_model,
+                            make_optimizer, phase_of, phases_summary, set_trainable, training_step)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -60,9 +61,12 @@ class Trainer:
         self.run_dir = Path("experiment") / args.save if run_dir is None else Path(run_dir)
         self.group = group
         self.checkpoints = RunCheckpoints(self.run_dir, vars(args), keep_epochs=args.save_models,
-                                          is_main=group.is_main)
+                                          is_main=group.is_main, keep_after=args.st_save_epoch)
         self.log = utility.get_logger()
         self.phases = build_phases(args)
+        # best.pt follows the phases that score the run's final network (not a KDSR teacher's)
+        self.best_phases = {p.name for p in self.phases
+                            if evaluated_model(model, p) is self.final_model}
         self.precision = Precision(args.precision, device)
         self.data_parallel = self.parallel_devices(args.n_GPUs, device)
         self.net: Optional[nn.Module] = None         # the model as the step calls it (DDP, ...)
@@ -78,6 +82,11 @@ class Trainer:
         self.bad_steps = 0                      # consecutive steps with non-finite values
         self.records = RunRecords(self.run_dir, getattr(criterion, "names", ()))
         self.clock = utility.Timer()
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The network the run delivers and its final scores are of (a KDSR pair's student)."""
+        return evaluated_model(self.model, self.phases[-1])
 
     def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
         """CUDA devices for DataParallel (none under torchrun: one process per device)."""
@@ -104,9 +113,14 @@ class Trainer:
             utility.write_json(run_dir / "config.json", {**record, "phases": phases_summary(self.phases)})
 
     # ------------------------------------------------------------------ phases
-    def enter_phase(self, phase: Phase) -> None:
+    def enter_phase(self, phase: Phase, fresh: bool = True) -> None:
         """Set what ``phase`` trains; build its optimizer and per-epoch lr schedule. (Its
-        DDP/DataParallel wrapper is built when training starts: DDP needs the process group.)"""
+        DDP/DataParallel wrapper is built when training starts: DDP needs the process group.)
+        ``fresh``: the run starts the phase (not a resume inside it), which then does what it
+        does once (``begin_phase``: a KDSR student starts from the teacher's generator)."""
+        started = begin_phase(self.model, phase) if fresh else None
+        if started:
+            self.log.info(started)
         set_trainable(self.model, phase)
         self.optimizer = make_optimizer(self.model, phase.lr_at(phase.first))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -144,7 +158,7 @@ class Trainer:
     def continue_from(self, point: ResumePoint) -> None:
         """Take over the state of the checkpoint ``point`` (already loaded into the model)."""
         if point.same_phase:
-            self.enter_phase(point.phase)
+            self.enter_phase(point.phase, fresh=False)
             self.optimizer.load_state_dict(point.state["optimizer"])
             self.scheduler.load_state_dict(point.state["scheduler"])
         self.start_epoch, self.start_iteration = point.epoch + 1, point.iteration
@@ -164,7 +178,7 @@ class Trainer:
         self.stop = stop
         if self.group.is_main:          # a run killed after writing these redoes that work
             self.records.forget_after(self.start_epoch - 1, self.start_iteration)
-            self.best_psnr = self.records.best_psnr(self.test_sets[0].name)
+            self.best_psnr = self.records.best_psnr(self.test_sets[0].name, self.best_phases)
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
@@ -257,8 +271,8 @@ class Trainer:
         """Scores on the validation sets (rank 0; the other processes wait and get {})."""
         metrics = {}
         if self.group.is_main:
-            metrics = evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
-                               **inference_policy(self.args))
+            metrics = evaluate(evaluated_model(self.model, self.phase), self.test_sets, self.device,
+                               with_bicubic=True, **inference_policy(self.args))
         barrier()
         return metrics
 
@@ -275,13 +289,16 @@ class Trainer:
         if not self.group.is_main:
             return metrics
         first = metrics[self.test_sets[0].name]["psnr"]
-        if first > self.best_psnr:
+        if self.phase.name in self.best_phases and first > self.best_psnr:
             self.best_psnr = first
             self.checkpoints.save_best(self.model, self.phase, epoch)
+        scored = evaluated_model(self.model, self.phase)
+        whose = f" {scored.name.upper()} fed the HR" if scored.needs_hr else ""
         for name, m in metrics.items():
-            self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
+            self.log.info(f"epoch {epoch}{whose} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
                           f"SSIM {m['ssim']:.4f} (bicubic (MATLAB) {m['bicubic_psnr']:.2f} dB, "
-                          f"{m['bicubic_ssim']:.4f}); best {self.best_psnr:.2f} dB")
+                          f"{m['bicubic_ssim']:.4f})" + (f"; best {self.best_psnr:.2f} dB"
+                                                         if self.phase.name in self.best_phases else ""))
         self.records.write_validation(epoch, self.phase.name, metrics,
                                       f"{self.model.name.upper()} x{self.model.scale}")
         return metrics

@@ -7,7 +7,7 @@ Each CSV file is a ``CsvTable``; a resumed run first drops the rows it is about 
 import csv
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Collection, Dict, List, Optional, Sequence, Union
 
 from data.plots import plot_curves
 
@@ -73,10 +73,11 @@ class RunRecords:
         self.psnr_table.forget_after(epoch)
         self.loss_table.forget_after(epoch, iteration)
 
-    def best_psnr(self, dataset: str) -> float:
-        """The best validation PSNR recorded on ``dataset`` (-inf before any)."""
-        return max((float(r["psnr"]) for r in self.psnr_table.read() if r["dataset"] == dataset),
-                   default=-math.inf)
+    def best_psnr(self, dataset: str, phases: Optional[Collection[str]] = None) -> float:
+        """The best validation PSNR recorded on ``dataset`` (in ``phases``, by name, when given;
+        -inf before any)."""
+        return max((float(r["psnr"]) for r in self.psnr_table.read() if r["dataset"] == dataset
+                    and (phases is None or r["phase"] in phases)), default=-math.inf)
 
     def write_step(self, epoch: int, iteration: int, phase: str, lr: float, applied: bool,
                    losses: Dict[str, float]) -> None:

@@ -1,7 +1,8 @@
 """Model registry: ``build_model(name, **kwargs)`` for 'cdsr', 'dasr', CDSR's ablations
 ('cdsr-no-patch', ..., see ``model/variants.py``) and KDSR's teachers and students
 ('kdsr-t-m', 'kdsr-t-l', 'kdsr-s-m', 'kdsr-s-l', see ``model/kdsr.py``), and the
-``make_model(args)`` factory. In model/ only three small builders read the command-line
+``make_model(args)`` factory (for a KDSR student: the teacher and the student, the pair one
+distillation run trains, ``model/kdsr_pair.py``). In model/ only three small builders read the command-line
 options: ``make_model``, ``model.training.build_phases`` and ``model.evaluation.inference_policy``.
 
 Names are matched ignoring case, hyphens, underscores and spaces ('KDSR-S-M', 'kdsr_s_m' and
@@ -21,7 +22,8 @@ from torch import nn
 from .base import BlindSRModel
 from .cdsr import CDSR
 from .dasr import DASR
-from .kdsr import ROLES, SIZES, KDSRStudent, KDSRTeacher, kdsr_name
+from .kdsr import ROLES, SIZES, KDSRStudent, KDSRTeacher, kdsr_name, kdsr_role_and_size
+from .kdsr_pair import KDSRDistillation
 from .moco import MoCo
 from .variants import ABLATIONS, BASE
 
@@ -36,8 +38,12 @@ _MODELS: dict[str, Callable[..., BlindSRModel]] = {
 ALIASES = {"kdsr-t": "kdsr-t-m", "kdsr-s": "kdsr-s-m",
            "blindsr": "dasr"}            # DASR's code calls its model 'blindsr'
 
-__all__ = ["CDSR", "DASR", "KDSRStudent", "KDSRTeacher", "MoCo", "BlindSRModel", "ALIASES",
-           "build_model", "canonical_name", "input_requirement", "make_model", "model_names"]
+__all__ = ["CDSR", "DASR", "KDSRStudent", "KDSRTeacher", "KDSRDistillation", "MoCo", "BlindSRModel",
+           "ALIASES", "AUTHORS_GENERIC_NAME", "build_model", "canonical_name", "has_moco_queue",
+           "input_requirement", "make_model", "model_names", "names_match"]
+
+# DASR's and KDSR's code both call their model 'blindsr' (--model='blindsr' in every command).
+AUTHORS_GENERIC_NAME = "blindsr"
 
 
 def _squash(name: str) -> str:
@@ -65,6 +71,20 @@ def canonical_name(name: str) -> str:
     return ALIASES.get(found, found)
 
 
+def names_match(given: str, found: str) -> bool:
+    """Whether ``--model given`` names the registered model ``found``: its spelling, or the
+    authors' 'blindsr', which in DASR's commands is DASR and in KDSR's a KDSR model."""
+    if _squash(given) == AUTHORS_GENERIC_NAME:
+        return found == "dasr" or kdsr_role_and_size(found) is not None
+    return canonical_name(given) == found
+
+
+def has_moco_queue(name: str) -> bool:
+    """Whether model ``name`` (any spelling) has a MoCo queue (CDSR, DASR and CDSR's variants)."""
+    factory = _MODELS[canonical_name(name)]
+    return "queue_size" in inspect.signature(factory).parameters
+
+
 def input_requirement(name: str) -> tuple[int, str]:
     """(the smallest LR height and width model ``name``'s encoder reads, why), without building it."""
     factory = _MODELS[canonical_name(name)]
@@ -90,10 +110,19 @@ def build_model(name: str, **kwargs) -> nn.Module:
 def make_model(args: Namespace) -> nn.Module:
     """The paper-size model for ``args.model`` (with ``args.ablation``, if set: the variant
     'cdsr-<ablation>') at ``args.scale``, with ``args.queue_size`` negatives in its MoCo queue
-    if it has one (CDSR, DASR); reads nothing else."""
+    if it has one (CDSR, DASR); for KDSR the widths ``args.n_feats``, ``args.n_blocks``,
+    ``args.n_resblocks`` that are set (the authors' flags; ``option.validate`` made sure they
+    are those of the model's size) and, for a student, the ``KDSRDistillation`` of the teacher
+    and the student (built in that order); reads nothing else."""
     name = f"{args.model}-{args.ablation}" if args.ablation else args.model
-    factory = _MODELS[canonical_name(name)]
     kwargs = {"scale": int(args.scale)}
-    if "queue_size" in inspect.signature(factory).parameters:
+    if has_moco_queue(name):
         kwargs["queue_size"] = args.queue_size
+    kdsr = kdsr_role_and_size(canonical_name(name))
+    if kdsr is not None:
+        widths = dict(n_feats=args.n_feats, n_blocks=args.n_blocks, n_resblocks=args.n_resblocks)
+        kwargs.update({k: v for k, v in widths.items() if v is not None})
+    if kdsr is not None and kdsr[0] == "s":
+        teacher = build_model(kdsr_name("t", kdsr[1]), **kwargs)
+        return KDSRDistillation(teacher, build_model(name, **kwargs))
     return build_model(name, **kwargs)

@@ -60,12 +60,15 @@ class BlindSRModel(nn.Module):
     ``min_input_reason`` and, if the networks work in another range than 0..255, override
     ``to_network_range`` / ``from_network_range``. ``needs_hr`` is True for a model whose
     encoder reads the HR image too (KDSR's teacher): it cannot super-resolve an LR alone.
+    ``rgb_range``: the pixel range the authors' training losses read (255 for CDSR and DASR,
+    whose L1 is in 0..255 units; 1 for KDSR, whose L1 is on [0,1] images).
     """
 
     name = ""
     min_input_size = 1
     min_input_reason = ""
     needs_hr = False
+    rgb_range = 255
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

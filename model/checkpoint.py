@@ -1,9 +1,13 @@
 """Checkpoints in our format: atomic saving, safe reading, strict loading, ``load_model``.
 
 Our format is a dict ``{'format': 'cdsr-framework/1', 'model_name', 'scale', 'model' (our
-state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs'}`` saved with
-``torch.save`` (files written before 'model_kwargs' existed lack it: read it with ``.get``);
-everything in it must load with ``weights_only=True`` (tensors, numbers, strings, lists, dicts).
+state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs', 'progress',
+'teacher'}`` saved with ``torch.save`` (files written before 'model_kwargs' existed lack it:
+read it with ``.get``); everything in it must load with ``weights_only=True`` (tensors, numbers,
+strings, lists, dicts). A KDSR distillation run (``KDSRDistillation``) stores its student as the
+model and its teacher under 'teacher' = ``{'model_name', 'model_kwargs', 'model'}`` (same scale):
+``load_model`` gives the student, or the teacher when asked for it by name; a file written in
+the teacher stage holds an untrained student, which ``load_model`` refuses.
 
 ``load_weights`` and ``load_model`` also take the authors' raw state dicts (their key map and
 model inference: ``model/authors_format.py``, whose public names are re-exported here), and
@@ -23,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import build_model, canonical_name, model_names
+from . import build_model, canonical_name, model_names, names_match
+from .kdsr import kdsr_name, kdsr_role_and_size
+from .kdsr_pair import KDSRDistillation
 from .authors_format import (AUTHORS_KEY_PREFIXES, KEY_ENCODER, MOCO_STATE, CheckpointError,
                              authors_key_note, infer_authors_model, listing, split_authors_state)
 # Re-exported: scripts and users' code import the authors' key map from here.
@@ -32,13 +38,14 @@ from .authors_format import (authors_constants, authors_to_ours, map_authors_key
 
 __all__ = ["FORMAT", "OUR_FIELDS", "CheckpointError", "detect_format", "describe", "atomic_torch_save",
            "save_checkpoint", "read_checkpoint", "strip_wrapper_prefixes", "load_state_strict",
-           "checkpoint_identity", "load_weights",
+           "checkpoint_identity", "model_fields", "load_weights", "load_start_weights",
            "load_model", "authors_constants", "authors_to_ours", "map_authors_key", "map_our_key",
            "ours_to_authors", "infer_authors_model"]
 
 FORMAT = "cdsr-framework/1"
 OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch", "phase", "config",
-              "model_kwargs", "progress")
+              "model_kwargs", "progress", "teacher")
+TEACHER_PHASE = "teacher"             # model.training.TEACHER: its files hold an untrained student
 _REQUIRED_FIELDS = ("model_name", "scale", "model")
 _QUERY_ENCODER = "encoder.query_encoder."
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DataParallel / DDP, torch.compile
@@ -149,7 +156,43 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     record["scale"] = int(record["scale"])
     for field in ("config", "phase", "epoch", "model_kwargs"):
         _check_plain(record[field], field)
+    if record["teacher"] is not None:
+        _check_plain({k: v for k, v in record["teacher"].items() if k != "model"}, "teacher")
     atomic_torch_save(record, path)
+
+
+def model_fields(model: nn.Module) -> dict[str, Any]:
+    """The fields of our format that hold ``model``: model_name, scale, model_kwargs, model and,
+    for a ``KDSRDistillation``, its student as the model and its teacher under 'teacher'."""
+    if isinstance(model, KDSRDistillation):
+        teacher = model.teacher
+        return dict(model_fields(model.student), teacher=dict(
+            model_name=teacher.name, model_kwargs=teacher.hparams, model=teacher.state_dict()))
+    return dict(model_name=model.name, scale=model.scale, model_kwargs=model.hparams,
+                model=model.state_dict())
+
+
+def _teacher_part(checkpoint: dict) -> dict:
+    """The teacher a distillation run's file of ours holds, as a file of its own."""
+    teacher = checkpoint["teacher"]
+    return {"format": FORMAT, "model_name": teacher["model_name"], "scale": checkpoint["scale"],
+            "model_kwargs": teacher.get("model_kwargs"), "model": teacher["model"]}
+
+
+def _part_named(checkpoint: dict, name: str, label: str) -> dict:
+    """``checkpoint`` itself, or the teacher it holds when ``name`` is that teacher; a student
+    of a file written in the teacher stage is refused (it is untrained)."""
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("teacher"), dict)):
+        return checkpoint
+    if canonical_name(checkpoint["teacher"].get("model_name", "")) == name:
+        return _teacher_part(checkpoint)
+    if checkpoint.get("phase") == TEACHER_PHASE:
+        teacher = checkpoint["teacher"]["model_name"]
+        raise CheckpointError(f"{label} was written in the teacher stage of a distillation run: its "
+                              f"{describe(checkpoint['model_name'], checkpoint['scale'])} is not "
+                              f"trained yet; score its teacher with --model {teacher}, or a "
+                              "checkpoint of the distillation stage")
+    return checkpoint
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -271,7 +314,21 @@ def load_weights(model: nn.Module, source: Source, label: Optional[str] = None) 
     and loads strictly. Returns the detected format, 'ours' or 'authors'.
     """
     checkpoint, found_label = _opened(source)
-    return _load_opened(model, checkpoint, label or found_label)
+    label = label or found_label
+    if isinstance(model, KDSRDistillation):
+        return _load_pair(model, checkpoint, label)
+    return _load_opened(model, _part_named(checkpoint, model.name, label), label)
+
+
+def _load_pair(pair: KDSRDistillation, checkpoint: dict, label: str) -> str:
+    """A distillation run's file of ours into the teacher and student of ``pair``."""
+    if detect_format(checkpoint) != "ours" or not isinstance(checkpoint.get("teacher"), dict):
+        raise CheckpointError(f"{label} holds one network, not the teacher and student of a KDSR "
+                              "distillation run: pass the teacher with --pre_train_TA and the "
+                              "student (or the teacher, whose generator it then starts from) "
+                              "with --pre_train_ST")
+    _load_opened(pair.teacher, _teacher_part(checkpoint), f"{label} (teacher)")
+    return _load_opened(pair.student, checkpoint, label)
 
 
 def _load_opened(model: nn.Module, checkpoint: dict, label: str) -> str:
@@ -294,18 +351,60 @@ def _load_opened(model: nn.Module, checkpoint: dict, label: str) -> str:
     return fmt
 
 
+def load_start_weights(model: nn.Module, flag: str, source: Source) -> str:
+    """Load the weights a training run starts from and say what was loaded (for the log).
+
+    ``--pre_train``: ``model`` as a whole (a KDSR pair: a distillation run's file of ours).
+    ``--pre_train_TA``: the KDSR teacher (``model`` itself, or a pair's teacher) from a teacher
+    file, ours or the authors' (their ``model_TA_*.pt``), or the teacher of a distillation run.
+    ``--pre_train_ST``: a pair's student from a student file, or, from a teacher file, its
+    generator alone: their stage-4 scripts pass the teacher's file, loaded with strict=False.
+    """
+    if flag == "--pre_train":
+        return f"loaded {load_weights(model, source)} weights from {source}"
+    pair = isinstance(model, KDSRDistillation)
+    if flag == "--pre_train_TA":
+        teacher = model.teacher if pair else model
+        return f"{teacher.name.upper()}: {load_weights(teacher, source)} weights from {source}"
+    if flag != "--pre_train_ST" or not pair:
+        raise ValueError(f"{flag} does not start a {getattr(model, 'name', 'model')} run")
+    student = model.student
+    checkpoint, label = _opened(source)
+    fmt, name, scale = checkpoint_identity(checkpoint, label)
+    kdsr = kdsr_role_and_size(name)
+    if kdsr is None or kdsr[0] != "t":
+        return f"{student.name.upper()}: {load_weights(student, checkpoint, label)} weights from {source}"
+    if (name, scale) != (kdsr_name("t", student.size), student.scale):
+        raise CheckpointError(f"{label} is {describe(name, scale)}; the student "
+                              f"{describe(student.name, student.scale)} starts from the "
+                              f"generator of {describe(kdsr_name('t', student.size), student.scale)}")
+    teacher = build_model(name, scale=scale, **(dict(checkpoint.get("model_kwargs") or {})
+                                                if fmt == "ours" else {}))
+    _load_opened(teacher, checkpoint, label)
+    load_state_strict(student.generator, teacher.generator.state_dict(), source=f"{label}'s generator")
+    return (f"{student.name.upper()}: the generator of the teacher {source} ({fmt} format; as the "
+            "authors' strict=False load), the encoder from its own initialisation")
+
+
 def load_model(source: Source, device: Union[str, torch.device] = "cpu", *,
                model_name: Optional[str] = None, scale: Optional[int] = None) -> nn.Module:
     """The model a checkpoint (path, or loaded: ours or the authors') holds, with its weights,
     on ``device`` in eval mode. Its name and scale (and for our files the constructor keywords
     ``model_kwargs``, e.g. a small model's widths) come from the file; ``model_name`` and
-    ``scale``, when given, must agree (CheckpointError otherwise)."""
+    ``scale``, when given, must agree (CheckpointError otherwise; 'blindsr', the authors' name,
+    agrees with DASR and KDSR). A distillation run's file gives its student, or its teacher
+    when ``model_name`` names that teacher."""
     checkpoint, label = _opened(source)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("teacher"), dict):
+        stored = checkpoint["model_name"]
+        asked = stored if model_name is None or names_match(model_name, stored) else canonical_name(model_name)
+        checkpoint = _part_named(checkpoint, asked, label)
     fmt, name, found = checkpoint_identity(checkpoint, label)
-    wanted = (canonical_name(model_name or name), found if scale is None else int(scale))
-    if wanted != (name, found):
-        raise CheckpointError(f"{label} holds {describe(name, found)}, not {describe(*wanted)} "
-                              "as requested")
+    wanted_scale = found if scale is None else int(scale)
+    if (model_name is not None and not names_match(model_name, name)) or wanted_scale != found:
+        wanted = name if model_name is None or names_match(model_name, name) else canonical_name(model_name)
+        raise CheckpointError(f"{label} holds {describe(name, found)}, not "
+                              f"{describe(wanted, wanted_scale)} as requested")
     kwargs = dict(checkpoint.get("model_kwargs") or {}) if fmt == "ours" else {}
     model = build_model(name, scale=found, **kwargs)
     _load_opened(model, checkpoint, label)

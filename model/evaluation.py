@@ -39,7 +39,9 @@ def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.devic
     ``test_sets``: ``data.eval_set.EvalSet``s (one dataset under one degradation setting) with
     unique names, whose items are ``{"name": str, "lr": float (3,h,w), "hr": float (3,s*h,s*w)}``
     in 0..255: training validation's fixed-degradation sets (named after their dataset), or
-    test.py's, one per (dataset, protocol setting) named ``<dataset>/<setting>``. ``policy``:
+    test.py's, one per (dataset, protocol setting) named ``<dataset>/<setting>``. A model with
+    ``needs_hr`` (KDSR's teacher, as its authors validate it) is also fed each image's HR: its
+    scores are not blind. ``policy``:
     keyword arguments of ``model.inference.predict``
     (ensemble, tile, overlap, embed_crop, global_stats); none = the authors' eval forward.
 
@@ -53,12 +55,13 @@ def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.devic
     was_training = model.training
     model.eval()
     pool = DevicePool(model, devices or [device])
+    reads_hr = getattr(model, "needs_hr", False)
     results = {}
     for test_set in test_sets:
         def score(net: nn.Module, on: torch.device, index: int) -> Dict[str, float]:
             item = test_set[index]
             lr, hr = item["lr"][None].to(on), item["hr"][None]
-            sr = predict(net, lr, **policy).cpu()
+            sr = predict(net, lr, hr=hr.to(on) if reads_hr else None, **policy).cpu()
             outputs = {"": sr, "bicubic_": bicubic_upscale(lr, model.scale).cpu()} if with_bicubic else {"": sr}
             if save_dir is not None:
                 write_png(Path(save_dir) / test_set.name / f"{item['name']}.png", to_image(sr))

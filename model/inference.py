@@ -2,7 +2,9 @@
 
 The model contract (see ``model/base.py``): ``model.embed(lr) -> (B, D)`` and
 ``model.super_resolve(lr, embedding) -> (B, 3, s*h, s*w)``, LR in 0..255, SR in 0..255 units
-(not clamped). Everything here runs on the input's device.
+(not clamped). A model with ``needs_hr`` (KDSR's teacher) also reads the HR image: ``predict``
+then takes it (``hr``) and hands it, flipped, cropped or whole as the LR is, to ``embed`` and
+the forward. Everything here runs on the input's device.
 
 Tiling. Both generators are fully convolutional with stride 1 and take any h, w >= 1, so no
 pad-to-multiple is needed. A tiled forward estimates the degradation embedding once (on the whole
@@ -28,16 +30,19 @@ from data.images import centre_crop
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def self_ensemble(forward: Forward, lr: torch.Tensor) -> torch.Tensor:
+def self_ensemble(forward: Forward, lr: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
     """x8 geometric self-ensemble: the mean of ``forward`` over the 8 flips/transposes of
     ``lr`` (B,3,h,w), each result mapped back. Each view runs the whole model, so the
-    degradation embedding is re-estimated for the rotated blur, as in the authors' code."""
+    degradation embedding is re-estimated for the rotated blur, as in the authors' code.
+    ``others`` (e.g. a teacher's HR) are viewed the same way and passed after the LR view."""
+    def view_of(x: torch.Tensor, transpose: bool, flip_dims: tuple) -> torch.Tensor:
+        x = x.transpose(-1, -2) if transpose else x
+        return x.flip(flip_dims) if flip_dims else x
+
     outputs = []
     for transpose in (False, True):
         for flip_dims in ((), (-1,), (-2,), (-2, -1)):
-            view = lr.transpose(-1, -2) if transpose else lr
-            view = view.flip(flip_dims) if flip_dims else view
-            out = forward(view)
+            out = forward(*(view_of(x, transpose, flip_dims) for x in (lr, *others)))
             out = out.flip(flip_dims) if flip_dims else out
             outputs.append(out.transpose(-1, -2) if transpose else out)
     return torch.stack(outputs).mean(dim=0)
@@ -124,9 +129,22 @@ def full_float32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
-            tile: Optional[int] = None, overlap: int = 32, embed_crop: Optional[int] = None,
-            global_stats: bool = False, bf16: bool = False) -> torch.Tensor:
+def centre_crops(lr: torch.Tensor, hr: Optional[torch.Tensor], size: Optional[int],
+                 scale: int) -> Tuple[torch.Tensor, ...]:
+    """The centred ``size`` LR crop (``centre_crop``) and, when ``hr`` is given, the HR window
+    it was made from (``scale`` x its box)."""
+    crop = centre_crop(lr, size)
+    if hr is None:
+        return (crop,)
+    top, left = (max((n - size) // 2, 0) if size else 0 for n in lr.shape[-2:])
+    h, w = crop.shape[-2:]
+    return crop, hr[..., top * scale:(top + h) * scale, left * scale:(left + w) * scale]
+
+
+def predict(model: nn.Module, lr: torch.Tensor, *, hr: Optional[torch.Tensor] = None,
+            ensemble: bool = False, tile: Optional[int] = None, overlap: int = 32,
+            embed_crop: Optional[int] = None, global_stats: bool = False,
+            bf16: bool = False) -> torch.Tensor:
     """SR of ``lr`` (B,3,h,w) in 0..255 under the chosen policies (model in eval mode).
 
     tile: LR tile side; None runs the whole model at once (the authors' eval forward). When the
@@ -139,20 +157,27 @@ def predict(model: nn.Module, lr: torch.Tensor, *, ensemble: bool = False,
     it, so tiling bounds memory), in true float32 on CUDA (``full_float32``) or in the model's
     dtype (a float64 model on a float64 input is a float64 reference run), or with ``bf16``
     under bfloat16 autocast (faster, less memory; not for scoring: see README, "Own images").
-    Returns ``lr``'s dtype (float32 under ``bf16``).
+    hr (B,3,s*h,s*w) 0..255: the HR a model with ``needs_hr`` reads (KDSR's teacher; its
+    embedding then comes from the LR and HR crops of the same window). Returns ``lr``'s dtype
+    (float32 under ``bf16``).
     """
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    if getattr(model, "needs_hr", False) and hr is None:
+        raise ValueError(f"{model.name.upper()} reads the HR image beside the LR (a distillation "
+                         "teacher): it scores benchmark sets, not LR images alone")
+
+    def forward(x: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if tile is None or max(x.shape[-2:]) <= tile:
-            return model(x)
-        embedding = model.embed(centre_crop(x, embed_crop))
+            return model(x, *y)
+        embedding = model.embed(*centre_crops(x, y[0] if y else None, embed_crop, model.scale))
         if global_stats and hasattr(model, "super_resolve_tiled"):
             return model.super_resolve_tiled(x, embedding, tile=tile)
         return tiled_super_resolve(model, x, embedding, tile=tile, overlap=overlap)
 
     arithmetic = (torch.autocast(lr.device.type, dtype=torch.bfloat16) if bf16
                   else full_float32())
+    inputs = (lr,) if hr is None or not getattr(model, "needs_hr", False) else (lr, hr)
     with torch.inference_mode(), arithmetic:
-        sr = self_ensemble(forward, lr) if ensemble else forward(lr)
+        sr = self_ensemble(forward, *inputs) if ensemble else forward(*inputs)
     return sr.float() if bf16 else sr.to(lr.dtype)
 
 

@@ -59,6 +59,14 @@ def kdsr_name(role: str, size: str) -> str:
     return f"kdsr-{role}-{size}"
 
 
+def kdsr_role_and_size(name: str) -> tuple[str, str] | None:
+    """(role 't' or 's', size 'm' or 'l') of a KDSR registry name; None for other models."""
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "kdsr" and parts[1] in ROLES and parts[2] in SIZES:
+        return parts[1], parts[2]
+    return None
+
+
 class KDSR(BlindSRModel):
     """What teacher and student share: sizes, [0,1] range, the distillation forward.
 
@@ -67,6 +75,7 @@ class KDSR(BlindSRModel):
     """
 
     role = ""
+    rgb_range = 1           # the authors' L1 reads [0,1] images (their --rgb_range 1)
 
     def __init__(self, scale: int = 4, size: str = "m", n_feats: int | None = None,
                  n_blocks: int | None = None, n_resblocks: int | None = None):

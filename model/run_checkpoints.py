@@ -1,8 +1,9 @@
 """The checkpoints of a training run: ``<run>/checkpoint/last.pt``, ``best.pt``, ``epoch_<n>.pt``.
 
 Each holds the weights fields (``RunCheckpoints.weights_fields``: enough for test.py to rebuild
-the model) in ``model.checkpoint``'s format, written atomically. ``last.pt`` (rewritten after
-every epoch) and ``epoch_<n>.pt`` (with --save_models) add the optimizer, the lr schedule and
+the model; a KDSR distillation run's hold its student and its teacher) in ``model.checkpoint``'s
+format, written atomically. ``last.pt`` (rewritten after every epoch) and ``epoch_<n>.pt`` (with
+--save_models, or by KDSR's --st_save_epoch rule, ``RunCheckpoints.keeps``) add the optimizer, the lr schedule and
 ``progress``: the training loop's state (the fp16 gradient scaler, the count of non-finite
 steps in a row) and, for ``last.pt`` written in the middle of an epoch when a scheduler's
 signal stopped the run, the iteration and what the epoch loop needs to continue it exactly.
@@ -18,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import load_weights, model_fields, read_checkpoint, save_checkpoint
 from .parallel import check_in_sync, on_rank_zero
 from .training import Phase, phase_of
 
@@ -52,22 +53,35 @@ class ResumePoint:
 class RunCheckpoints:
     """The checkpoint folder of the run in ``run_dir``. ``config``: the run's options, stored in
     every checkpoint; ``keep_epochs`` (--save_models): also keep ``epoch_<n>.pt`` of every
-    epoch; only the main process (``is_main``) writes."""
+    epoch; ``keep_after`` (KDSR's --st_save_epoch N): also keep those the authors' trainers
+    keep (``keeps``); only the main process (``is_main``) writes."""
 
     def __init__(self, run_dir: Path, config: Dict[str, object], *, keep_epochs: bool,
-                 is_main: bool) -> None:
+                 is_main: bool, keep_after: Optional[int] = None) -> None:
         self.folder = Path(run_dir) / "checkpoint"
         self.config = config
         self.keep_epochs = keep_epochs
+        self.keep_after = keep_after
         self.is_main = is_main
 
     def path(self, name: str) -> Path:
         return self.folder / name
 
+    def keeps(self, phase: Phase, epoch: int) -> bool:
+        """Whether ``epoch_<epoch>.pt`` is kept: every epoch with ``keep_epochs``; with
+        ``keep_after`` N the epochs KDSR's trainers save (``model_TA_<e>.pt``/``model_ST_<e>.pt``),
+        e > N or e a multiple of 20 (teacher) / 30 (student), e counted as their program of
+        ``phase`` counts it (``Phase.authors_epoch``)."""
+        if self.keep_epochs:
+            return True
+        if self.keep_after is None:
+            return False
+        counted = phase.authors_epoch(epoch)
+        return counted > self.keep_after or counted % phase.authors_save_period == 0
+
     def weights_fields(self, model: nn.Module, phase: Phase, epoch: int) -> Dict[str, object]:
         """What every checkpoint of this run holds: enough for test.py to rebuild the model."""
-        return dict(model_name=model.name, scale=model.scale, model_kwargs=model.hparams,
-                    model=model.state_dict(), epoch=epoch, phase=phase.name, config=self.config)
+        return dict(model_fields(model), epoch=epoch, phase=phase.name, config=self.config)
 
     def save(self, model: nn.Module, phase: Phase, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
@@ -77,9 +91,9 @@ class RunCheckpoints:
         in the middle of epoch ``epoch + 1`` (``progress`` then holds what the loop needs to
         go on). Every process calls it (it checks they still hold the same model); the main
         process writes. Non-finite weights are never written."""
-        moco = model.encoder
-        check_in_sync([*model.parameters(), moco.queue, moco.queue_ptr],
-                      "the model's parameters or MoCo queue")
+        queue = [getattr(model.encoder, name) for name in ("queue", "queue_ptr")
+                 if hasattr(getattr(model, "encoder", None), name)]
+        check_in_sync([*model.parameters(), *queue], "the model's parameters or MoCo queue")
         if not all(torch.isfinite(t).all() for t in model.state_dict().values()
                    if t.is_floating_point()):
             raise FloatingPointError(f"the weights are no longer finite after epoch {epoch}; "
@@ -91,7 +105,7 @@ class RunCheckpoints:
         fields = dict(self.weights_fields(model, phase, epoch), optimizer=optimizer.state_dict(),
                       scheduler=scheduler.state_dict(), progress=progress)
         save_checkpoint(self.path("last.pt"), **fields)
-        if self.keep_epochs and not progress.get("iteration"):
+        if self.keeps(phase, epoch) and not progress.get("iteration"):
             save_checkpoint(self.path(f"epoch_{epoch}.pt"), **fields)
 
     def save_best(self, model: nn.Module, phase: Phase, epoch: int) -> None:

@@ -1,10 +1,16 @@
 """How a blind-SR model is trained: the phases (data, validated before anything starts), what
 each trains, and one optimisation step.
 
-Encoder pre-training trains the query encoder on the contrastive loss; the joint phase trains
-generator and query encoder on reconstruction + contrastive losses; the frozen phase trains the
-generator alone. The step keeps MoCo's state (key encoder, queue) outside the forward that
-DataParallel and DDP replicate, so it is the same on one device and on many.
+CDSR and DASR (contrastive encoders): encoder pre-training trains the query encoder on the
+contrastive loss; the joint phase trains generator and query encoder on reconstruction +
+contrastive losses; the frozen phase trains the generator alone. The step keeps MoCo's state
+(key encoder, queue) outside the forward that DataParallel and DDP replicate, so it is the same
+on one device and on many.
+
+KDSR (knowledge distillation, ``model/kdsr_pair.py``): the teacher phase trains the teacher
+(its encoder reads the HR) on L1; the student's phases train it against the frozen teacher's
+degradation features: distillation-encoder epochs on the distillation loss alone (the authors'
+``--epochs_encoder`` of their anisotropic recipe), then distillation on L1 + that loss.
 """
 import argparse
 import dataclasses
@@ -14,10 +20,14 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .kdsr import kdsr_role_and_size
+from .kdsr_pair import KDSRDistillation
 from .parallel import gather_rows, sum_over_processes, unwrap, world_size
 from .precision import Precision
 
 ENCODER, JOINT, FREEZE = "encoder", "joint", "freeze"
+TEACHER, KD_ENCODER, DISTILL = "teacher", "kd_encoder", "distill"
+KDSR_PHASES = (TEACHER, KD_ENCODER, DISTILL)
 
 
 @dataclass(frozen=True)
@@ -26,10 +36,19 @@ class Phase:
 
     encoder: contrastive loss only, the query encoder is trained;
     joint: reconstruction + contrastive, generator and query encoder are trained;
-    freeze: reconstruction only, the encoder is frozen (eval mode, no gradients, not optimised).
+    freeze: reconstruction only, the encoder is frozen (eval mode, no gradients, not optimised);
+    teacher: KDSR's teacher on reconstruction (its encoder reads the HR);
+    kd_encoder: KDSR's student encoder (without its final projection, which only the generator
+    reads) on the distillation loss alone, the teacher frozen;
+    distill: the whole KDSR student on reconstruction + distillation, the teacher frozen.
+
     The learning rate is ``base_lr * gamma ** ((epoch - origin) // step)``: the authors' step
     schedule, counted from the start of pre-training (``origin`` 0) or of SR training
-    (``origin`` = number of pre-training epochs).
+    (``origin`` = number of pre-training epochs); a KDSR student's phases count from the end of
+    the teacher stage. ``stage_origin``: the epoch before the authors' program of this phase
+    began (their stage 4 for a student's phases: the teacher's epochs), for their checkpoint
+    numbering (``authors_epoch``). ``init_student``: the phase starts the student (its
+    generator := the teacher's) when it begins, not when a run resumes inside it.
     """
     name: str
     first: int
@@ -38,9 +57,12 @@ class Phase:
     step: int
     gamma: float
     origin: int
+    stage_origin: int = 0
+    init_student: bool = False
 
     @property
     def trains_encoder(self) -> bool:
+        """A contrastive phase that trains the (MoCo) query encoder."""
         return self.name in (ENCODER, JOINT)
 
     @property
@@ -50,10 +72,25 @@ class Phase:
     def lr_at(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** ((epoch - self.origin) // self.step)
 
+    def authors_epoch(self, epoch: int) -> int:
+        """``epoch`` of the run as the authors' program of this phase numbers it."""
+        return epoch - self.stage_origin
+
+    @property
+    def authors_save_period(self) -> int:
+        """Their trainers also keep the weights of every N-th epoch: 20 (KDSR's teacher),
+        30 (its student; CDSR and DASR have no such rule)."""
+        return 20 if self.name == TEACHER else 30
+
 
 def build_phases(args: argparse.Namespace) -> List[Phase]:
     """Phases from ``--epochs_encoder``, ``--epochs_sr``, ``--freeze_epoch`` and the lr flags
-    (validated by ``option.parse_args``: at least one epoch, no freeze inside pre-training)."""
+    (validated by ``option.parse_args``: at least one epoch, no freeze inside pre-training);
+    for KDSR ``kdsr_phases``."""
+    from . import canonical_name            # here: the registry is the package itself
+    kdsr = kdsr_role_and_size(canonical_name(args.model))
+    if kdsr is not None:
+        return kdsr_phases(args, student=kdsr[0] == "s")
     n_encoder = max(args.epochs_encoder, 0)
     total = n_encoder + args.epochs_sr
     phases = []
@@ -68,6 +105,28 @@ def build_phases(args: argparse.Namespace) -> List[Phase]:
     return [p for p in phases if p.first <= p.last]
 
 
+def kdsr_phases(args: argparse.Namespace, *, student: bool) -> List[Phase]:
+    """KDSR's phases: ``--epochs_teacher`` teacher epochs (lr ``--lr_teacher``, x``--gamma_teacher``
+    every ``--lr_decay_teacher``: the authors' stage 3; none for a student given a trained
+    teacher by ``--pre_train_TA``), then for a student their stage 4: ``--epochs_encoder``
+    distillation-encoder epochs at ``--lr_encoder`` (their anisotropic recipe), then
+    ``--epochs_sr`` distillation epochs at ``--lr_sr``. The student starts from the teacher's
+    generator unless ``--pre_train_ST`` gave its weights."""
+    n_teacher = 0 if student and args.pre_train_TA else args.epochs_teacher
+    phases = [Phase(TEACHER, 1, n_teacher, args.lr_teacher, args.lr_decay_teacher,
+                    args.gamma_teacher, 0)]
+    if student:
+        n_encoder = max(args.epochs_encoder, 0)
+        start = not args.pre_train_ST
+        phases.append(Phase(KD_ENCODER, n_teacher + 1, n_teacher + n_encoder, args.lr_encoder,
+                            args.lr_decay_encoder, args.gamma_encoder, n_teacher, n_teacher,
+                            init_student=start))
+        phases.append(Phase(DISTILL, n_teacher + n_encoder + 1, n_teacher + n_encoder + args.epochs_sr,
+                            args.lr_sr, args.lr_decay_sr, args.gamma_sr, n_teacher + n_encoder,
+                            n_teacher, init_student=start and not n_encoder))
+    return [p for p in phases if p.first <= p.last]
+
+
 def phase_of(phases: Sequence[Phase], epoch: int) -> Phase:
     return next(p for p in phases if p.first <= epoch <= p.last)
 
@@ -77,8 +136,11 @@ def phases_summary(phases: Sequence[Phase]) -> List[Dict[str, object]]:
 
 
 def set_trainable(model: nn.Module, phase: Phase) -> None:
-    """requires_grad and train/eval modes for ``phase`` (the key encoder never has gradients)."""
+    """requires_grad and train/eval modes for ``phase`` (the key encoder never has gradients;
+    a frozen encoder or KDSR teacher is in eval mode)."""
     model.train()
+    if phase.name in KDSR_PHASES:
+        return _set_kdsr_trainable(model, phase)
     for p in model.generator.parameters():
         p.requires_grad_(phase.trains_generator)
     for p in model.encoder.query_encoder.parameters():
@@ -87,18 +149,66 @@ def set_trainable(model: nn.Module, phase: Phase) -> None:
         model.encoder.eval()
 
 
+def _set_kdsr_trainable(model: nn.Module, phase: Phase) -> None:
+    """``model``: a KDSR teacher alone (teacher phase) or a ``KDSRDistillation``."""
+    pair = isinstance(model, KDSRDistillation)
+    teacher = model.teacher if pair else model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if phase.name == TEACHER:
+        for p in teacher.parameters():
+            p.requires_grad_(True)
+        return
+    if not pair:
+        raise ValueError(f"phase '{phase.name}' trains a KDSR student: it needs the teacher and "
+                         "student pair (KDSRDistillation)")
+    teacher.eval()
+    trained = model.student.encoder if phase.name == KD_ENCODER else model.student
+    for p in trained.parameters():
+        p.requires_grad_(True)
+    if phase.name == KD_ENCODER:      # only the generator reads the projection: no gradient
+        for p in model.student.encoder.degradation_proj.parameters():
+            p.requires_grad_(False)
+
+
+def begin_phase(model: nn.Module, phase: Phase) -> Optional[str]:
+    """What ``phase`` does once, when a run enters it (not when it resumes inside it): start a
+    KDSR student from the teacher's generator. Returns a sentence for the log, or None."""
+    if not phase.init_student:
+        return None
+    model.init_student_from_teacher()
+    return (f"{model.student.name.upper()}'s generator starts from the teacher's; its encoder "
+            "from its own initialisation (the authors' strict=False load of the teacher file)")
+
+
+def evaluated_model(model: nn.Module, phase: Optional[Phase]) -> nn.Module:
+    """The network validation scores in ``phase``: a KDSR pair's teacher in the teacher phase
+    (fed each image's HR), its student otherwise (and before any phase); ``model`` itself for
+    every other model."""
+    if not isinstance(model, KDSRDistillation):
+        return model
+    return model.teacher if phase is not None and phase.name == TEACHER else model.student
+
+
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam (0.9, 0.999, eps 1e-8) over the parameters that currently require gradients."""
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
                             betas=(0.9, 0.999), eps=1e-8)
 
 
-def phase_forward(net: nn.Module, lr: torch.Tensor, phase: Phase) -> Dict[str, torch.Tensor]:
-    """lr (B,2,3,h,w): query and key patches. Returns the outputs the phase's losses need."""
+def phase_forward(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor,
+                  phase: Phase) -> Dict[str, torch.Tensor]:
+    """lr (B,2,3,h,w): query and key patches (KDSR reads the first alone, as the authors train
+    on one patch per image); hr (B,3,s*h,s*w): the first patch's HR, which KDSR's teacher reads.
+    Returns the outputs the phase's losses need."""
     if phase.name == ENCODER:
         return net(lr[:, 0], lr[:, 1], with_sr=False)
     if phase.name == JOINT:
         return net(lr[:, 0], lr[:, 1])
+    if phase.name == TEACHER:
+        return {"sr": net(lr[:, 0], hr)}
+    if phase.name in (KD_ENCODER, DISTILL):
+        return net(lr[:, 0], hr, distill=True, with_sr=phase.name == DISTILL)
     return {"sr": net(lr[:, 0])}
 
 
@@ -146,7 +256,9 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     MoCo's state is updated here, on the real module, once per step, in the authors' order:
     the key encoder's momentum update before the forward (with the pre-step query weights), the
     enqueue of the keys of the whole global batch (every process's, in rank order) after the
-    backward; the forward, which DataParallel and DDP replicate, changes none of it.
+    backward; the forward, which DataParallel and DDP replicate, changes none of it. KDSR has
+    no such state: its step's only collectives are DDP's gradient averaging and the loss sum
+    below (the frozen teacher runs inside the forward, on each process's share).
 
     A step whose loss or gradients are not finite on any process is not applied (no optimizer
     step, no enqueue); with fp16 the gradient scaler deals with overflowing gradients
@@ -162,7 +274,7 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     if moco is not None:
         moco.momentum_update()
     with precision.autocast(lr.device):
-        outputs = phase_forward(net, lr, phase)
+        outputs = phase_forward(net, lr, hr, phase)
     losses = criterion(outputs, hr)
     precision.backward(losses["total"])
     finite = torch.isfinite(losses["total"].detach())

@@ -262,11 +262,20 @@ def test_registry_rejects_other_names_and_contradicting_sizes():
 
 
 def test_make_model_builds_kdsr_at_the_authors_sizes_without_a_queue():
-    net = model.make_model(argparse.Namespace(model="KDSR-S-L", ablation=None, scale=2,
-                                              queue_size=64))
+    """A student's run trains its teacher too: make_model gives the pair (teacher, student)."""
+    args = argparse.Namespace(model="KDSR-S-L", ablation=None, scale=2, queue_size=64,
+                              n_feats=None, n_blocks=None, n_resblocks=None)
+    pair = model.make_model(args)
+    assert isinstance(pair, model.KDSRDistillation) and (pair.name, pair.scale) == ("kdsr-s-l", 2)
+    net = pair.student
     assert (net.name, net.scale) == ("kdsr-s-l", 2)
     assert net.hparams == {"size": "l", "n_feats": 128, "n_blocks": 28, "n_resblocks": 5}
     assert len(net.generator.blocks) == 28 and len(net.encoder.res_blocks) == 5
+    assert (pair.teacher.name, pair.teacher.hparams) == ("kdsr-t-l", net.hparams)
+    teacher = model.make_model(argparse.Namespace(**{**vars(args), "model": "kdsr_t_l"}))
+    assert isinstance(teacher, model.KDSRTeacher) and teacher.name == "kdsr-t-l"
+    widths = dict(n_feats=128, n_blocks=28, n_resblocks=5)    # the authors' L flags, checked
+    assert model.make_model(argparse.Namespace(**{**vars(args), **widths})).hparams == net.hparams
 
 
 @pytest.mark.parametrize("name", KDSR_NAMES)
