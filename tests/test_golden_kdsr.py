@@ -3,8 +3,10 @@
 The eval comparisons live in ``scripts/golden/kdsr_models.py`` (shared with
 ``scripts/verify_golden.py``); the golden weights go through ``load_weights``'s authors' path,
 so these tests also cover the key map. The authors' format round trip and one training step
-of each of their stages (model, L1 + distillation loss and Adam called directly, not through
-our trainer) are checked here.
+of each of their stages are checked here twice: written out (model, L1 + distillation loss and
+Adam called directly) and through our trainer (``scripts/golden/kdsr_train.py``: the phases,
+``begin_phase``, ``set_trainable``, ``make_optimizer``, ``training_step`` and the criterion
+``loss.make_loss`` builds for a KDSR run; shared with ``scripts/verify_golden.py``).
 """
 import copy
 import json
@@ -20,7 +22,7 @@ import model
 from loss.distillation import distillation_kl
 from model.authors_format import authors_to_ours, infer_authors_model, map_authors_key
 from model.checkpoint import CheckpointError, load_model, load_weights, ours_to_authors
-from scripts.golden import kdsr_models
+from scripts.golden import kdsr_models, kdsr_train
 from scripts.golden.kdsr_models import authors_state, check_case, check_kdsr_goldens, golden_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden_kdsr"
@@ -219,3 +221,48 @@ def test_one_training_step_matches_the_authors(step_name):
     frozen = teacher.state_dict()["encoder.feature_mlp.fc2.bias"].reshape(-1)[:256].numpy()
     assert np.array_equal(frozen, arrays["post__teacher__E.mlp.2.bias"]) or step["trains"] == "teacher"
 
+
+
+# ----------------------------------------------------------------------------- through our trainer
+STEPS = ["stage3_iso", "stage4_iso", "stage4_anisonoise_encoder"]
+
+
+@pytest.mark.parametrize("step_name", STEPS)
+def test_one_step_through_our_trainer_matches_the_authors(step_name):
+    results = kdsr_train.check_step(GOLDEN, step_name)
+    assert all(r.passed for r in results), _report(results)
+    names = {r.name.split(" (")[0] for r in results}
+    recorded = [k for k in INDEX["train"][step_name]["recorded_keys"] if "sub_mean" not in k]
+    assert {f"step_{step_name}/post__{k}" for k in recorded} <= names      # every recorded weight
+    assert {f"step_{step_name}/{a}" for a in ("loss_l1", "loss_kd", "loss_total")
+            if a in np.load(GOLDEN / INDEX["train"][step_name]["file"]).files} <= names
+
+
+def test_our_phases_train_what_their_stages_train():
+    """Teacher: every teacher weight; distillation: every student weight; distillation-encoder:
+    the student's encoder without its projection (theirs holds G too, which gets no gradient)."""
+    counts = {}
+    for step_name in STEPS:
+        pair, _, phase, _ = kdsr_train.run_step(GOLDEN, step_name)
+        counts[phase.name] = sum(p.numel() for p in pair.parameters() if p.requires_grad)
+        assert not any(p.requires_grad for p in pair.teacher.parameters()) or phase.name == "teacher"
+    assert counts["teacher"] == INDEX["train"]["stage3_iso"]["optimizer"]["n_parameters"]
+    assert counts["distill"] == INDEX["train"]["stage4_iso"]["optimizer"]["n_parameters"]
+    student = golden_model(GOLDEN, "kdsr-s-m", 4)
+    assert counts["kd_encoder"] == (sum(p.numel() for p in student.encoder.parameters())
+                                    - sum(p.numel() for p in student.encoder.degradation_proj.parameters()))
+
+
+def test_a_student_not_started_from_the_teacher_fails(monkeypatch):
+    monkeypatch.setattr(kdsr_train, "begin_phase", lambda model, phase: None)
+    failed = {r.name.split(" (")[0] for r in kdsr_train.check_step(GOLDEN, "stage4_iso") if not r.passed}
+    assert {"step_stage4_iso/loss_l1", "step_stage4_iso/loss_total"} <= failed
+
+
+def test_l1_in_0_255_units_fails(monkeypatch):
+    """The authors' L1 reads [0,1] images: in 0..255 units the loss (and every update's balance
+    against the distillation loss) is 255 times off."""
+    build = kdsr_train.build_loss
+    monkeypatch.setattr(kdsr_train, "build_loss", lambda *a, **k: build(*a, **{**k, "rgb_range": 255}))
+    failed = {r.name.split(" (")[0] for r in kdsr_train.check_step(GOLDEN, "stage3_iso") if not r.passed}
+    assert "step_stage3_iso/loss_l1" in failed

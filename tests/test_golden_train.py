@@ -63,7 +63,7 @@ def test_parameter_rule_allows_few_outliers_of_at_most_two_lr(stage):
     rule = train_compare.TOLERANCES[stage]["param"]
 
     def passes(moved: np.ndarray) -> bool:
-        return all(r.passed for r in train_compare._parameter_moves("p", moved, ref, lr, rule))
+        return all(r.passed for r in train_compare.parameter_moves("p", moved, ref, lr, rule))
 
     moved = ref.copy()
     moved[:5] = 2 * lr                       # floor(0.5% of 1000) = 5 outliers

@@ -94,10 +94,16 @@ def test_an_empty_folder_is_not_a_pass(tmp_path):
     assert run.returncode == 1 and _summary(run.stdout) == (0, 0)
 
 
-def test_the_project_kdsr_goldens_pass_and_are_checked_by_default(golden_dir):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_project_kdsr_goldens_pass_and_are_checked_by_default(golden_dir, threads):
     kdsr = ROOT / "tests" / "golden_kdsr"
-    run = _run(kdsr, "--threads", "2")
+    run = _run(kdsr, "--threads", str(threads))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert _groups(run.stdout) == {"kdsr"} and "2 thread(s)" in run.stdout
-    assert _summary(run.stdout) == (19, 0)     # 6 models x (out, embedding, kd_features) + loss
+    assert _groups(run.stdout) == {"kdsr", "kdsr_train"} and f"{threads} thread(s)" in run.stdout
+    eval_cases = sum(line.startswith("pass  kdsr/") for line in run.stdout.splitlines())
+    assert eval_cases == 19                    # 6 models x (out, embedding, kd_features) + loss
+    steps = {line.split()[1].split("/")[1] for line in run.stdout.splitlines()
+             if line.startswith("pass  kdsr_train/")}
+    assert steps == {"step_stage3_iso", "step_stage4_iso", "step_stage4_anisonoise_encoder"}
+    assert _summary(run.stdout)[1] == 0 and _summary(run.stdout)[0] > 150
     assert default_golden_dirs() == [kdsr, golden_dir]

@@ -6,6 +6,8 @@ records for whatever cases its folder holds:
 * ``models``: eval forward of CDSR/DASR (``{name}_keys_x{s}.json`` + ``{name}_x{s}_*`` files);
 * ``kdsr``: eval forward and features of KDSR teachers and students, and the distillation loss
   (``kdsr_index.json``, made by ``scripts/golden/kdsr.py``);
+* ``kdsr_train``: one step of each of the authors' KDSR stages through our trainer (the same
+  index's ``train`` entries; ``kdsr_train``);
 * ``degradations``: ``degradation_index.json``;
 * ``metrics``: ``metrics.json``;
 * ``manet``: ``manet_protocol/<Set>/x<s>/`` against HR images of an ``hr_root``;
@@ -20,7 +22,8 @@ from typing import Callable, Optional
 
 from .common import GoldenResult
 from .degradations import check_degradation_goldens
-from .kdsr_models import check_kdsr_goldens, has_kdsr_goldens
+from .kdsr_models import check_kdsr_goldens, has_kdsr_goldens, read_index
+from .kdsr_train import check_kdsr_training_steps
 from .manet import check_manet_protocol, manet_folders
 from .metrics import check_metric_goldens
 from .models import check_model_goldens, model_cases
@@ -28,7 +31,7 @@ from .train import check_train_goldens
 
 __all__ = ["GoldenResult", "discover", "check_model_goldens", "check_degradation_goldens",
            "check_metric_goldens", "check_manet_protocol", "check_train_goldens",
-           "check_kdsr_goldens"]
+           "check_kdsr_goldens", "check_kdsr_training_steps"]
 
 
 def discover(golden_dir: Path,
@@ -42,6 +45,8 @@ def discover(golden_dir: Path,
         checks["models"] = lambda: check_model_goldens(golden_dir)
     if has_kdsr_goldens(golden_dir):
         checks["kdsr"] = lambda: check_kdsr_goldens(golden_dir)
+        if read_index(golden_dir).get("train"):
+            checks["kdsr_train"] = lambda: check_kdsr_training_steps(golden_dir)
     if (golden_dir / "degradation_index.json").is_file():
         checks["degradations"] = lambda: check_degradation_goldens(golden_dir)
     if (golden_dir / "metrics.json").is_file():

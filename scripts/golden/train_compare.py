@@ -87,7 +87,7 @@ def _allowance_ratio(name: str, ours: np.ndarray, ref: np.ndarray, atol: float, 
     return GoldenResult(name, error, 1.0, bool(error <= 1.0), unit)
 
 
-def _parameter_moves(name: str, ours: np.ndarray, ref: np.ndarray, lr: float, rule) -> list[GoldenResult]:
+def parameter_moves(name: str, ours: np.ndarray, ref: np.ndarray, lr: float, rule) -> list[GoldenResult]:
     """Post-step G / encoder_q parameters: |d| beyond 1e-6|ref|, in units of lr."""
     unit = "lr"
     if ours.shape != ref.shape:
@@ -129,7 +129,7 @@ def compare_array(array: str, ours, ref: np.ndarray, stage: str, lr: float, labe
         return [_allowance_ratio(label, ours, ref, *tol["bn"])]
     if key.startswith("E.encoder_k."):
         return [_allowance_ratio(label, ours, ref, KEY_PARAM_ATOL, tol["key_param"])]
-    return _parameter_moves(label, ours, ref, lr, tol["param"])
+    return parameter_moves(label, ours, ref, lr, tol["param"])
 
 
 def compare_iteration(net: nn.Module, name: str, outputs: dict, losses: dict, ref, stage: str,
