@@ -47,6 +47,13 @@ def tiny(name: str, scale: int = 2, seed: int = 0, **overrides) -> nn.Module:
     return model.build_model(name, scale=scale, **{**{**TINY, **TINY_KDSR}[name], **overrides})
 
 
+def tiny_pair(size: str = "m", scale: int = 2, seed: int = 0) -> nn.Module:
+    """A tiny KDSR teacher and student of ``size`` (``TINY_KDSR`` widths) as the pair a
+    student's run trains, with weights from ``seed``."""
+    return model.KDSRDistillation(tiny(f"kdsr-t-{size}", scale, seed),
+                                  tiny(f"kdsr-s-{size}", scale, seed + 1))
+
+
 def images(*shape: int, seed: int = 0) -> torch.Tensor:
     """Uniform random pixels in 0..255 of the given shape."""
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 255
@@ -90,6 +97,27 @@ def tiny_trainer(args, run_dir: Path, **overrides):
     trainer = Trainer(args, tiny("dasr", 2, **overrides), build_loss(args.loss, args.c_weight),
                       build_train_set(args), build_test_sets(args), torch.device("cpu"),
                       run_dir=run_dir)
+    if args.resume:
+        trainer.resume(args.resume)
+    return trainer
+
+
+# The tiny KDSR run: the tiny run's data and budget with a KDSR student, 1 teacher epoch, 1
+# distillation-encoder epoch and 1 distillation epoch (trainers get tiny_pair()).
+TINY_KDSR_RUN = ("--model KDSR-S-M --epochs_teacher 1 --epochs_encoder 1 --epochs_sr 1 "
+                 "--test_every 2").split()
+
+
+def tiny_kdsr_trainer(args, run_dir: Path, pair: nn.Module = None):
+    """A Trainer of ``args`` (a KDSR student's run) on ``pair`` (default ``tiny_pair()``) on
+    the CPU, with the criterion of a KDSR run, resumed when ``args.resume`` asks for it."""
+    from data import build_test_sets, build_train_set
+    from loss import make_loss
+    from trainer import Trainer
+
+    pair = tiny_pair() if pair is None else pair
+    trainer = Trainer(args, pair, make_loss(args, pair), build_train_set(args),
+                      build_test_sets(args), torch.device("cpu"), run_dir=run_dir)
     if args.resume:
         trainer.resume(args.resume)
     return trainer
