@@ -280,6 +280,40 @@ def test_two_processes_reproduce_one_process_at_the_same_global_batch(data_root,
     torch.testing.assert_close(q2["encoder.queue"], q1["encoder.queue"], atol=1e-5, rtol=0)
 
 
+def kdsr_argv(data_root: Path, save: str) -> list:
+    """A KDSR-S-M run (paper size): 1 teacher, 1 distillation-encoder, 1 distillation epoch."""
+    return ["main.py", "--model", "KDSR-S-M", "--dir_data", str(data_root), "--scale", "2",
+            "--patch_size", "8", "--batch_size", "4", "--epochs_teacher", "1", "--epochs_encoder", "1",
+            "--epochs_sr", "1", "--test_every", "2", "--n_threads", "0", "--data_test", "Set5",
+            "--save", save, "--cpu"]
+
+
+def test_kdsr_trains_teacher_then_student_under_torchrun_as_in_one_process(data_root, tmp_path):
+    """No MoCo state: DDP's gradient averaging and the loss sum are the step's collectives, so
+    two processes on halves of each global batch follow the one-process run."""
+    one = launch(kdsr_argv(data_root, "kd1"), tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = launch(kdsr_argv(data_root, "kd2"), tmp_path, processes=2, torchrun=("--standalone",))
+    assert two.returncode == 0, two.stderr
+    rows = {}
+    for run in ("kd1", "kd2"):
+        with open(tmp_path / "experiment" / run / "losses.csv", newline="") as f:
+            rows[run] = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows["kd2"]] == ["teacher"] * 2 + ["kd_encoder"] * 2 + ["distill"] * 2
+    for a, b in zip(rows["kd1"], rows["kd2"]):
+        for key in ("total", "L1", "kd"):
+            if a[key]:
+                assert abs(float(a[key]) - float(b[key])) <= 1e-4 * abs(float(a[key])), (key, a, b)
+    last = [read_checkpoint(tmp_path / "experiment" / run / "checkpoint/last.pt") for run in ("kd1", "kd2")]
+    assert [c["model_name"] for c in last] == ["kdsr-s-m"] * 2 and "x 2 processes" in two.stderr
+    # The weights: Adam moves a weight whose gradient is float32 noise by up to its lr (1e-3
+    # here) either way, so a few may differ by that much; all but 0.1% agree to 1e-5.
+    for field in (lambda c: c["model"], lambda c: c["teacher"]["model"]):
+        a, b = field(last[0]), field(last[1])
+        d = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+        assert d.max() <= 2e-3 and (d > 1e-5).float().mean() <= 1e-3, (d.max(), (d > 1e-5).float().mean())
+
+
 def test_a_two_process_run_resumes_in_its_one_folder(data_root, tmp_path):
     first = launch(train_argv(data_root, "ddp"), tmp_path, processes=2, torchrun=("--standalone",))
     assert first.returncode == 0, first.stderr
