@@ -7,7 +7,7 @@
 #   TEST_PATH=../shared/datasets/benchmark DATA_TEST=Set5+Set14 scripts/ablation.sh
 #   PRESET=cdsr TEST_PATH=/data/sr/benchmark scripts/ablation.sh --dir_data /data/sr/DF2K/HR
 #
-# MODELS: default every registered model (CDSR, its cdsr-* ablations, DASR). PRESET (default
+# MODELS: default CDSR, its cdsr-* ablations and DASR (KDSR: scripts/compare_methods.sh). PRESET (default
 # demo) fixes the recipe for all of them, so DASR and CDSR train on the same budget; extra flags
 # are passed to every main.py. Each checkpoint is scored on the held-out sample photos and, with
 # TEST_PATH, on DATA_TEST (default Set5+Set14) under the same fixed degradation (--sig etc.,
@@ -20,7 +20,7 @@ DATA_TEST=${DATA_TEST:-Set5+Set14}
 read -r -a TEST_FLAGS <<< "${TEST_FLAGS:-}"
 
 cd "$(dirname "$0")/.."
-MODELS=${MODELS:-$($PYTHON -c 'import model; print(" ".join(model.model_names()))')}
+MODELS=${MODELS:-$($PYTHON -c 'from model.variants import variant_names; print(" ".join(["cdsr", *variant_names(), "dasr"]))')}
 runs=()
 for model in $MODELS; do
     save=${TAG}_${model}

@@ -1,19 +1,21 @@
 """Gather test.py results into one table: rows = models, columns = test sets.
 
     python scripts/ablation_table.py experiment/A_test experiment/B_test ... --out experiment/ablation
+    python scripts/ablation_table.py DASR=experiment/d KDSR-S-M=experiment/k --out DIR --name methods
 
-Each argument is a test.py run folder (its ``results.json``); several folders of one model (e.g.
-the held-out photos and the benchmark sets) fill different columns of its row. A cell is
-PSNR / SSIM, averaged over the run's degradation settings when it scored several (--protocol).
-A last row gives bicubic upscaling of the same LR images. Writes OUT/ablation.md, .csv, .json
-and prints the markdown.
+Each argument is a test.py run folder (its ``results.json``), optionally ``LABEL=FOLDER`` to
+name its row (default: the model's name); several folders of one row (e.g. the held-out photos
+and the benchmark sets) fill different columns of it. A cell is PSNR / SSIM, averaged over the
+run's degradation settings when it scored several (--protocol). A last row gives bicubic
+upscaling of the same LR images. Writes OUT/NAME.md, .csv, .json (NAME default ablation) and
+prints the markdown.
 """
 import argparse
 import csv
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple, Union
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,17 +25,24 @@ Cells = Dict[str, Dict[str, Dict[str, float]]]   # row -> dataset -> {"psnr", "s
 BICUBIC = "Bicubic (MATLAB)"
 
 
-def gather(run_dirs: List[Path]) -> tuple[Cells, Dict[str, str]]:
-    """(cells, {row: checkpoint}) from the runs' results.json; the bicubic row from the first run
-    that scored each dataset."""
+def labelled(argument: str) -> Tuple[Optional[str], Path]:
+    """'LABEL=FOLDER' -> (LABEL, FOLDER); 'FOLDER' -> (None, FOLDER)."""
+    label, sep, folder = argument.partition("=")
+    return (label, Path(folder)) if sep and label else (None, Path(argument))
+
+
+def gather(run_dirs: List[Union[Path, Tuple[Optional[str], Path]]]) -> tuple[Cells, Dict[str, str]]:
+    """(cells, {row: checkpoint}) from the runs' results.json (each a folder, or a (row label
+    or None, folder) pair); the bicubic row from the first run that scored each dataset."""
     cells: Cells = {}
     checkpoints: Dict[str, str] = {}
-    for run_dir in run_dirs:
+    for entry in run_dirs:
+        label, run_dir = entry if isinstance(entry, tuple) else (None, entry)
         path = Path(run_dir) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: pass test.py run folders")
         report = json.loads(path.read_text())
-        row = report["model"]
+        row = label or report["model"]
         checkpoints.setdefault(row, report["checkpoint"])
         settings = list(report["results"].values())                     # [{dataset: metrics}]
         for dataset in _in_command_order(settings[0], report.get("options") or {}):
@@ -68,29 +77,31 @@ def markdown(cells: Cells) -> str:
     return "\n".join(lines)
 
 
-def write_table(cells: Cells, checkpoints: Dict[str, str], out: Path) -> str:
+def write_table(cells: Cells, checkpoints: Dict[str, str], out: Path, name: str = "ablation") -> str:
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(cells)
-    (out / "ablation.md").write_text("PSNR (dB) / SSIM, Y channel, scale pixels shaved.\n\n"
-                                     + text + "\n")
-    with open(out / "ablation.csv", "w", newline="") as f:
+    (out / f"{name}.md").write_text("PSNR (dB) / SSIM, Y channel, scale pixels shaved.\n\n"
+                                    + text + "\n")
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "dataset", "psnr", "ssim"])
         for row, values in cells.items():
             for dataset, m in values.items():
                 writer.writerow([row, dataset, f"{m['psnr']:.4f}", f"{m['ssim']:.4f}"])
-    utility.write_json(out / "ablation.json", {"results": cells, "checkpoints": checkpoints})
+    utility.write_json(out / f"{name}.json", {"results": cells, "checkpoints": checkpoints})
     return text
 
 
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="test.py run folders")
-    parser.add_argument("--out", type=Path, required=True, help="folder for ablation.{md,csv,json}")
+    parser.add_argument("runs", type=labelled, nargs="+", metavar="[LABEL=]RUN",
+                        help="test.py run folders, each optionally named LABEL=FOLDER")
+    parser.add_argument("--out", type=Path, required=True, help="folder for NAME.{md,csv,json}")
+    parser.add_argument("--name", default="ablation", help="file name of the tables")
     args = parser.parse_args(argv)
     cells, checkpoints = gather(args.runs)
-    print(write_table(cells, checkpoints, args.out))
-    print(f"table: {args.out / 'ablation.md'}")
+    print(write_table(cells, checkpoints, args.out, args.name))
+    print(f"table: {args.out / (args.name + '.md')}")
 
 
 if __name__ == "__main__":
