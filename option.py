@@ -167,10 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs_encoder", type=int, default=1,
-                   help="encoder pre-training epochs (contrastive loss only); <= 0 skips the phase")
-    g.add_argument("--epochs_sr", type=int, default=4, help="epochs after pre-training (joint + freeze)")
+                   help="encoder pre-training epochs (contrastive loss only; KDSR: the student's "
+                        "epochs on the distillation loss alone); <= 0 skips the phase")
+    g.add_argument("--epochs_sr", type=int, default=4,
+                   help="epochs after pre-training (joint + freeze; KDSR: distillation, L1 + "
+                        "distillation loss)")
     g.add_argument("--freeze_epoch", type=int, default=5,
-                   help="first epoch with a frozen encoder (L1 only); beyond the last epoch: never")
+                   help="CDSR/DASR: first epoch with a frozen encoder (L1 only); beyond the last "
+                        "epoch: never")
     g.add_argument("--lr_encoder", type=float, default=1e-3, help="pre-training learning rate")
     g.add_argument("--lr_decay_encoder", type=int, default=60, help="pre-training lr step (epochs)")
     g.add_argument("--gamma_encoder", type=float, default=0.1, help="pre-training lr decay factor")
