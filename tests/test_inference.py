@@ -208,3 +208,30 @@ def test_a_device_pool_gives_the_one_device_results_in_order():
     two = list(pool.map(sr, images))
     assert [o.shape for o in two] == [(1, 3, 2 * (10 + i), 24) for i in range(7)]
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@torch.no_grad()
+def test_a_teacher_reads_the_hr_window_of_every_view_and_crop():
+    """KDSR's teacher (needs_hr): tiles share the embedding of the whole LR and HR (or of the
+    centred LR crop and the HR window it came from); the x8 views flip the HR with the LR."""
+    teacher, x = tiny("kdsr-t-m", scale=2), lr_image(21, 26, seed=4)
+    hr = lr_image(42, 52, seed=5)
+    full = teacher(x, hr)
+    assert torch.equal(predict(teacher, x, hr=hr), full)
+    tiled = predict(teacher, x, hr=hr, tile=8, overlap=40)
+    assert (tiled - full).abs().max() <= 1e-3
+    crop_embedding = teacher.embed(x[..., 2:18, 5:21], hr[..., 4:36, 10:42])    # (21-16)//2, (26-16)//2
+    assert torch.equal(predict(teacher, x, hr=hr, tile=8, overlap=4, embed_crop=16),
+                       tiled_super_resolve(teacher, x, crop_embedding, tile=8, overlap=4))
+    views = []
+    for k in range(4):                    # the 8 views: 4 rotations, each also mirrored
+        for mirror in (False, True):
+            lr_view, hr_view = (torch.rot90(t, k, (-2, -1)) for t in (x, hr))
+            if mirror:
+                lr_view, hr_view = lr_view.flip(-1), hr_view.flip(-1)
+            out = teacher(lr_view, hr_view)
+            views.append(torch.rot90(out.flip(-1) if mirror else out, -k, (-2, -1)))
+    ensemble = predict(teacher, x, hr=hr, ensemble=True)
+    assert torch.allclose(ensemble, torch.stack(views).mean(0), atol=1e-4)
+    with pytest.raises(ValueError, match="KDSR-T-M reads the HR image beside the LR"):
+        predict(teacher, x)
