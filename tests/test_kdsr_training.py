@@ -234,3 +234,19 @@ def test_a_teacher_alone_trains_and_scores_with_its_hr(data_root, tmp_path):
     assert (last["model_name"], last["phase"], last["epoch"], last.get("teacher")) == ("kdsr-t-m", TEACHER, 2, None)
     assert read_checkpoint(tmp_path / "checkpoint/best.pt")["model_name"] == "kdsr-t-m"
     assert metrics["Set5"]["psnr"] > 0                              # scored, fed the HR
+
+
+def test_the_decoded_store_and_auto_resume_serve_a_kdsr_run_as_any_other(data_root, tmp_path):
+    plain = tiny_kdsr_trainer(make_args(data_root, "plain", "--epochs_sr", "0"), tmp_path / "plain")
+    plain.fit()
+    cached_args = make_args(data_root, "cached", "--epochs_sr", "0", "--data_cache", str(tmp_path / "store"))
+    tiny_kdsr_trainer(cached_args, tmp_path / "cached").fit()
+    assert (tmp_path / "store").is_dir()
+    assert (tmp_path / "cached/losses.csv").read_text() == (tmp_path / "plain/losses.csv").read_text()
+    again = tiny_kdsr_trainer(make_args(data_root, "plain", "--auto_resume"), tmp_path / "plain")
+    again.auto_resume()
+    assert again.start_epoch == 1                       # other options (--epochs_sr): afresh
+    same_options = tiny_kdsr_trainer(make_args(data_root, "plain", "--epochs_sr", "0", "--auto_resume"),
+                                     tmp_path / "plain")
+    same_options.auto_resume()
+    assert same_options.start_epoch == 3 and same_options.fit()["Set5"]["psnr"] > 0
