@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
                    help="with --model CDSR: train the ablation cdsr-ABLATION instead (the same "
                         "as --model cdsr-ABLATION; README, 'Ablations', says what each removes)")
-    g.add_argument("--pre_train", default=None, help="weights to start from (ours or the authors')")
+    g.add_argument("--pre_train", default=None,
+                   help="weights to start from (ours or the authors'); for a KDSR student a "
+                        "distillation run's file, both networks (no teacher stage)")
     g.add_argument("--queue_size", type=int, default=8192, help="MoCo queue length (negatives)")
     _add_kdsr_width_flags(g, "KDSR: select the size M (64, 53, 9) or L (128, 28, 5) of --model")
 
@@ -550,10 +552,10 @@ def _validate_kdsr(args: argparse.Namespace) -> None:
     if n_encoder and args.kd_weight == 0:
         raise ValueError(f"--kd_weight 0 leaves the {n_encoder} distillation-encoder epochs "
                          "(--epochs_encoder) nothing to train: pass --epochs_encoder 0")
-    n_teacher = 0 if args.pre_train_TA else args.epochs_teacher
+    n_teacher = 0 if args.pre_train_TA or args.pre_train else args.epochs_teacher
     if n_teacher + n_encoder + args.epochs_sr == 0:
-        raise ValueError("nothing to train: no teacher (--pre_train_TA), --epochs_encoder and "
-                         "--epochs_sr 0")
+        raise ValueError("nothing to train: no teacher stage (a teacher was given), "
+                         "--epochs_encoder and --epochs_sr 0")
 
 
 def _validate_schedule(args: argparse.Namespace) -> None:

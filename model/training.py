@@ -111,13 +111,14 @@ def kdsr_phases(args: argparse.Namespace, *, student: bool) -> List[Phase]:
     teacher by ``--pre_train_TA``), then for a student their stage 4: ``--epochs_encoder``
     distillation-encoder epochs at ``--lr_encoder`` (their anisotropic recipe), then
     ``--epochs_sr`` distillation epochs at ``--lr_sr``. The student starts from the teacher's
-    generator unless ``--pre_train_ST`` gave its weights."""
-    n_teacher = 0 if student and args.pre_train_TA else args.epochs_teacher
+    generator unless ``--pre_train_ST`` gave its weights. ``--pre_train`` (a distillation run's
+    file) gives both: no teacher stage, the student as loaded."""
+    n_teacher = 0 if student and (args.pre_train_TA or args.pre_train) else args.epochs_teacher
     phases = [Phase(TEACHER, 1, n_teacher, args.lr_teacher, args.lr_decay_teacher,
                     args.gamma_teacher, 0)]
     if student:
         n_encoder = max(args.epochs_encoder, 0)
-        start = not args.pre_train_ST
+        start = not (args.pre_train_ST or args.pre_train)
         phases.append(Phase(KD_ENCODER, n_teacher + 1, n_teacher + n_encoder, args.lr_encoder,
                             args.lr_decay_encoder, args.gamma_encoder, n_teacher, n_teacher,
                             init_student=start))

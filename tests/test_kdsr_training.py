@@ -47,6 +47,9 @@ def test_phases_from_the_flags():
     given = tiny_run_args("/nowhere", "x", *TINY_KDSR_RUN, "--pre_train_TA", "t.pt", "--pre_train_ST", "t.pt")
     assert [(p.name, p.first, p.init_student) for p in build_phases(given)] == [(KD_ENCODER, 1, False),
                                                                               (DISTILL, 2, False)]
+    resumed_pair = tiny_run_args("/nowhere", "x", *TINY_KDSR_RUN, "--pre_train", "run.pt")
+    assert [(p.name, p.first, p.init_student) for p in build_phases(resumed_pair)] == [
+        (KD_ENCODER, 1, False), (DISTILL, 2, False)]
     teacher = tiny_run_args("/nowhere", "x", *TINY_KDSR_RUN, "--model", "kdsr-t-l")
     assert [(p.name, p.first, p.last) for p in build_phases(teacher)] == [(TEACHER, 1, 1)]
 
