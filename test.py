@@ -84,7 +84,8 @@ def score(model, args, device, checkpoint: Path, results_folder: Path) -> None:
     if model.needs_hr:
         notes.append(f"{model.name.upper()} is a distillation teacher: its encoder read each "
                      "image's HR (as its authors validate it), so these scores are not blind.")
-    print(write_tables(run_dir, sets, results, title=f"{model.name.upper()} x{model.scale} on {what}", notes=notes,
+    title = f"{model.name.upper()} x{model.scale} on {what}"
+    print(write_tables(run_dir, sets, results, title=title, notes=notes,
         record={"checkpoint": str(checkpoint), "model": model.name, "scale": model.scale,
                 "protocol": args.protocol, "testsets": args.testsets, "policy": policy,
                 "options": vars(args)}))

@@ -2,9 +2,9 @@
 
 A run is a list of phases (``model.training.Phase``: encoder pre-training, joint, frozen encoder;
 for KDSR teacher, distillation encoder, distillation), built from the options and validated
-before anything starts; ``Trainer`` runs them epoch by
-epoch. Each phase transition rebuilds the Adam optimizer over exactly the parameters that phase
-trains (and the DDP wrapper, which registers gradients at construction) and is logged once.
+before anything starts; ``Trainer`` runs them epoch by epoch. Each phase transition rebuilds
+the Adam optimizer over exactly the parameters that phase trains (and the DDP wrapper, which
+registers gradients at construction) and is logged once.
 The phase vocabulary and the training step live in ``model/training.py``, validation's
 evaluation loop in ``model/evaluation.py``, the run's checkpoint files in
 ``model/run_checkpoints.py``, its CSV records and PSNR curve in ``data/run_records.py``.

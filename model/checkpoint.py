@@ -397,7 +397,8 @@ def load_model(source: Source, device: Union[str, torch.device] = "cpu", *,
     checkpoint, label = _opened(source)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("teacher"), dict):
         stored = checkpoint["model_name"]
-        asked = stored if model_name is None or names_match(model_name, stored) else canonical_name(model_name)
+        asked = (stored if model_name is None or names_match(model_name, stored)
+                 else canonical_name(model_name))
         checkpoint = _part_named(checkpoint, asked, label)
     fmt, name, found = checkpoint_identity(checkpoint, label)
     wanted_scale = found if scale is None else int(scale)

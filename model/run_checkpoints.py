@@ -3,8 +3,8 @@
 Each holds the weights fields (``RunCheckpoints.weights_fields``: enough for test.py to rebuild
 the model; a KDSR distillation run's hold its student and its teacher) in ``model.checkpoint``'s
 format, written atomically. ``last.pt`` (rewritten after every epoch) and ``epoch_<n>.pt`` (with
---save_models, or by KDSR's --st_save_epoch rule, ``RunCheckpoints.keeps``) add the optimizer, the lr schedule and
-``progress``: the training loop's state (the fp16 gradient scaler, the count of non-finite
+--save_models, or by KDSR's --st_save_epoch rule, ``RunCheckpoints.keeps``) add the optimizer,
+the lr schedule and ``progress``: the training loop's state (the fp16 gradient scaler, the count of non-finite
 steps in a row) and, for ``last.pt`` written in the middle of an epoch when a scheduler's
 signal stopped the run, the iteration and what the epoch loop needs to continue it exactly.
 ``resume`` reads one back into the model and says where the run continues (``ResumePoint``);
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_weights, model_fields, read_checkpoint, save_checkpoint
+from .moco import MoCo
 from .parallel import check_in_sync, on_rank_zero
 from .training import Phase, phase_of
 
@@ -91,8 +92,8 @@ class RunCheckpoints:
         in the middle of epoch ``epoch + 1`` (``progress`` then holds what the loop needs to
         go on). Every process calls it (it checks they still hold the same model); the main
         process writes. Non-finite weights are never written."""
-        queue = [getattr(model.encoder, name) for name in ("queue", "queue_ptr")
-                 if hasattr(getattr(model, "encoder", None), name)]
+        moco = getattr(model, "encoder", None)
+        queue = [moco.queue, moco.queue_ptr] if isinstance(moco, MoCo) else []    # KDSR has none
         check_in_sync([*model.parameters(), *queue], "the model's parameters or MoCo queue")
         if not all(torch.isfinite(t).all() for t in model.state_dict().values()
                    if t.is_floating_point()):

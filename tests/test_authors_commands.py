@@ -67,8 +67,10 @@ KDSR_STAGE4_ANISO = ("main.py --dir_data='DIR' --model='blindsr' --scale='4' --b
                      "--noise=25.0 --lambda_min=0.2 --lambda_max=4.0 --lambda_1 4.0 --lambda_2 1.5 --theta 120 "
                      "--n_GPUs=4 --epochs_encoder 100 --epochs_sr 500 --data_test Set14 --st_save_epoch 495 "
                      "--data_train DF2K --save 'KDSRsMx4_anisonoise_stage4' "
-                     "--pre_train_TA=\"./experiment/KDSRsMx4_anisonoise_stage3_x4_bicubic_aniso/model/model_TA_last.pt\" "
-                     "--pre_train_ST=\"./experiment/KDSRsMx4_anisonoise_stage3_x4_bicubic_aniso/model/model_TA_last.pt\" "
+                     "--pre_train_TA=\"./experiment/KDSRsMx4_anisonoise_stage3_x4_bicubic_aniso/model/"
+                     "model_TA_last.pt\" "
+                     "--pre_train_ST=\"./experiment/KDSRsMx4_anisonoise_stage3_x4_bicubic_aniso/model/"
+                     "model_TA_last.pt\" "
                      "--resume 0 --lr_encoder 2e-4 --patch_size 64 --batch_size 64")
 KDSR_BUDGET = "--epochs_teacher 1 --epochs_sr 1 --test_every 1 --batch_size 2 --patch_size 8"
 AUTHORS_FILES = {  # (model, scale) of the checkpoints the commands load

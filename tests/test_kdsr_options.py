@@ -31,11 +31,13 @@ def test_the_presets_are_the_authors_two_recipes():
     assert (distill.first, distill.last, distill.lr_at(725)) == (601, 1000, 1e-4 * 0.5)   # their epoch 225
     # With --dir_data the recipe follows the blur, as for every model (README, Presets)
     assert option.parse_args("--model KDSR-S-L --dir_data /d".split()).preset == "kdsr-iso"
-    assert option.parse_args("--model KDSR-S-M --dir_data /d --blur_type aniso_gaussian".split()).preset == "kdsr-aniso"
+    aniso_blur = "--model KDSR-S-M --dir_data /d --blur_type aniso_gaussian".split()
+    assert option.parse_args(aniso_blur).preset == "kdsr-aniso"
 
 
 @pytest.mark.parametrize("argv, model, preset", [
-    ("--model=blindsr --dir_data=/d --st_save_epoch 495 --epochs_encoder 0 --epochs_sr 500", "kdsr-t-m", "kdsr-iso"),
+    ("--model=blindsr --dir_data=/d --st_save_epoch 495 --epochs_encoder 0 --epochs_sr 500",
+     "kdsr-t-m", "kdsr-iso"),
     ("--model=blindsr --dir_data=/d --pre_train_TA=t.pt --pre_train_ST=t.pt", "kdsr-s-m", "kdsr-iso"),
     ("--model=blindsr --dir_data=/d --blur_type=aniso_gaussian --pre_train_TA=t.pt", "kdsr-s-m", "kdsr-aniso"),
     ("--model=blindsr --dir_data=/d --st_save_epoch 0 --n_feats 128 --n_blocks 28 --n_resblocks 5",

@@ -88,7 +88,8 @@ def check_step(golden_dir: Path, name: str) -> list[GoldenResult]:
                                 ref["student_kd_features"], FEATURE_ATOL),
                     compare_abs(f"{label}/teacher_kd_features", result.outputs["teacher_kd_features"],
                                 ref["teacher_kd_features"], FEATURE_ATOL)]
-    trained_name, trained = ("kdsr-t-m", pair.teacher) if phase.name == TEACHER else ("kdsr-s-m", pair.student)
+    trained_name, trained = (("kdsr-t-m", pair.teacher) if phase.name == TEACHER
+                             else ("kdsr-s-m", pair.student))
     parameters, state = dict(trained.named_parameters()), trained.state_dict()
     for key in step["recorded_keys"]:
         if "sub_mean" in key:
