@@ -6,6 +6,7 @@ authors' CDSR/DASR code, so their README commands parse; booleans are real switc
 ``parse_args`` validates the values and returns an ``argparse.Namespace`` that nobody mutates.
 """
 import argparse
+import os
 from typing import Dict, List, Optional, Tuple
 
 # The argparse defaults are the "demo" preset: a short CPU run on the embedded photos that beats
@@ -48,10 +49,11 @@ def _add_switch(g, flag: str, help: str) -> None:
 
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every entry point and script: a bad flag ends with one line,
-    ``error: ...``, and exit status 2 (as ``utility.run_cli`` reports every other bad input)."""
+    ``error: ...``, and exit status 2 (as ``utility.run_cli`` reports every other bad input).
+    Under torchrun every process parses the same command line: rank 0 alone prints the line."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {message} (see --help)\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 class _AcceptedOnly(argparse.Action):
@@ -379,13 +381,34 @@ def validate(args: argparse.Namespace) -> None:
     if args.queue_size % args.batch_size:
         raise ValueError(f"--queue_size {args.queue_size} is not a multiple of --batch_size "
                          f"{args.batch_size}; MoCo enqueues the keys of a whole batch per step")
-
-
-def check_world_size(args: argparse.Namespace, world_size: int) -> None:
-    """ValueError unless the global --batch_size splits evenly over the processes."""
+    _validate_schedule(args)
+    _validate_model_input(args)
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1   # torchrun's
     if args.batch_size % world_size:
         raise ValueError(f"--batch_size {args.batch_size} (the global batch) is not divisible by "
                          f"the {world_size} processes; choose a multiple of {world_size}")
+
+
+def _validate_schedule(args: argparse.Namespace) -> None:
+    """--epochs_encoder, --epochs_sr and --freeze_epoch make phases (``model.training.build_phases``)."""
+    n_encoder = max(args.epochs_encoder, 0)
+    if args.epochs_sr < 0:
+        raise ValueError(f"--epochs_sr must be >= 0, got {args.epochs_sr}")
+    if n_encoder + args.epochs_sr == 0:
+        raise ValueError("nothing to train: --epochs_encoder and --epochs_sr are both 0")
+    if args.epochs_sr > 0 and args.freeze_epoch <= n_encoder:
+        raise ValueError(f"--freeze_epoch {args.freeze_epoch} falls inside encoder pre-training "
+                         f"(epochs 1..{n_encoder}); it must be > {n_encoder}")
+
+
+def _validate_model_input(args: argparse.Namespace) -> None:
+    """--patch_size against the smallest LR the encoder of --model (--ablation) reads."""
+    from model import canonical_name, input_requirement
+    name = canonical_name(f"{args.model}-{args.ablation}" if args.ablation else args.model)
+    least, reason = input_requirement(name)
+    if args.patch_size < least:
+        raise ValueError(f"--patch_size {args.patch_size} is too small for {name.upper()}: its "
+                         f"encoder needs LR patches of at least {least}x{least}{reason}")
 
 
 def _validate_evaluation(args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@
     python test.py --pre_train CKPT --input LR_IMAGE_OR_FOLDER --output OUT_DIR [--chop] [--self_ensemble] [--bf16]
     python test.py --resume N [--save RUN] ...      # epoch N of a training run, ours or DASR's layout
 
-Scoring goes through ``trainer.evaluate``, the loop training validation uses, on the sets of
+Scoring goes through ``model.evaluation.evaluate``, the loop training validation uses, on the sets of
 ``data.build_test_sets`` (one fixed degradation, as validation) or ``data.build_protocol_sets``
 (every setting of a protocol, generated or read from ``--testsets``). Tables (rows = settings,
 columns = datasets) are printed and written to ``experiment/<save>/results.{md,csv,json}``;
@@ -23,11 +23,11 @@ from data import build_protocol_sets, build_test_sets
 from data.images import output_pairs, read_image_and_alpha, to_image, to_tensor, write_png_like
 from data.report import plot_comparisons, plot_psnr_by_setting, write_tables
 from model.checkpoint import load_model
+from model.evaluation import evaluate, inference_policy
 from model.inference import describe_policy, predict
 from model.parallel import data_parallel_devices
 from model.precision import warn_if_emulated
 from model.run_checkpoints import epoch_checkpoints
-from trainer import evaluate, inference_policy
 
 
 def super_resolve_files(model, args, device) -> None:

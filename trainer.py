@@ -1,92 +1,39 @@
-"""The training run and the one evaluation loop.
+"""The training run.
 
 A run is a list of phases (``model.training.Phase``: encoder pre-training, joint, frozen encoder),
 built from the options and validated before anything starts; ``Trainer`` runs them epoch by
 epoch. Each phase transition rebuilds the Adam optimizer over exactly the parameters that phase
 trains (and the DDP wrapper, which registers gradients at construction) and is logged once.
-The phase vocabulary and the training step live in ``model/training.py`` and are re-exported
-here (``trainer.training_step``, ``trainer.Phase``, ...); the run's checkpoint files in
+The phase vocabulary and the training step live in ``model/training.py``, validation's
+evaluation loop in ``model/evaluation.py``, the run's checkpoint files in
 ``model/run_checkpoints.py``, its CSV records and PSNR curve in ``data/run_records.py``.
 """
 import argparse
 import math
 import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 import utility
-from data import build_train_loader, build_train_set, epoch_seed
+from data import build_train_loader, epoch_seed
 from data.eval_set import EvalSet
-from data.images import to_image, write_png
-from data.metrics import mean_score, psnr, ssim
+from data.patch_pairs import PatchPairs
 from data.run_records import RunRecords
 from model.checkpoint import rng_states, set_rng_states
-from data.resize import bicubic_upscale
-from model.inference import DevicePool, predict
-from model.parallel import (ProcessGroup, any_process, barrier, data_parallel_devices,
-                            max_over_processes, wrap)
+from model.evaluation import evaluate, inference_policy
+from model.parallel import (ProcessGroup, any_process, barrier, close_process_group,
+                            data_parallel_devices, init_process_group, max_over_processes,
+                            restarted_by_torchrun, wrap)
 from model.precision import Precision
 from model.run_checkpoints import ResumePoint, RunCheckpoints
-from model.training import (ENCODER, FREEZE, JOINT, Phase, StepResult, build_phases,  # noqa: F401
-                            make_optimizer, phase_of, phases_summary, set_trainable, training_step)
-
-
-# ----------------------------------------------------------------------------- evaluation
-def inference_policy(args: argparse.Namespace) -> Dict[str, object]:
-    """Keyword arguments of ``model.inference.predict`` from --self_ensemble, --chop, --tile,
-    --tile_overlap, --embed_crop and --tile_pooling."""
-    return {"ensemble": args.self_ensemble, "tile": args.tile if args.chop else None,
-            "overlap": args.tile_overlap, "embed_crop": args.embed_crop or None,
-            "global_stats": args.tile_pooling == "image"}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, test_sets: Sequence[EvalSet], device: torch.device, *,
-             with_bicubic: bool = False, save_dir: Optional[Path] = None,
-             devices: Sequence[torch.device] = (), **policy) -> Dict[str, Dict[str, float]]:
-    """PSNR/SSIM (Y, border = scale) of the model on each set: the only evaluation loop.
-
-    ``test_sets``: ``data.eval_set.EvalSet``s (one dataset under one degradation setting) with
-    unique names, whose items are ``{"name": str, "lr": float (3,h,w), "hr": float (3,s*h,s*w)}``
-    in 0..255: training validation's fixed-degradation sets (named after their dataset), or
-    test.py's, one per (dataset, protocol setting) named ``<dataset>/<setting>``. ``policy``:
-    keyword arguments of ``model.inference.predict``
-    (ensemble, tile, overlap, embed_crop, global_stats); none = the authors' eval forward.
-
-    Returns ``{set name: {"psnr", "ssim"[, "bicubic_psnr", "bicubic_ssim"]}}`` (means over
-    images). With ``save_dir``, SR images are written to ``save_dir/<set name>/<image>.png``.
-    ``devices``: score on these devices, one image per device at a time (default: ``device``).
-    """
-    names = [test_set.name for test_set in test_sets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"evaluation sets need distinct names, got {names}")
-    was_training = model.training
-    model.eval()
-    pool = DevicePool(model, devices or [device])
-    results = {}
-    for test_set in test_sets:
-        def score(net: nn.Module, on: torch.device, index: int) -> Dict[str, float]:
-            item = test_set[index]
-            lr, hr = item["lr"][None].to(on), item["hr"][None]
-            sr = predict(net, lr, **policy).cpu()
-            outputs = {"": sr, "bicubic_": bicubic_upscale(lr, model.scale).cpu()} if with_bicubic else {"": sr}
-            if save_dir is not None:
-                write_png(Path(save_dir) / test_set.name / f"{item['name']}.png", to_image(sr))
-            return {prefix + metric: fn(image, hr, crop_border=model.scale)
-                    for prefix, image in outputs.items() for metric, fn in (("psnr", psnr), ("ssim", ssim))}
-
-        scores: Dict[str, List[float]] = {}
-        for image_scores in tqdm(pool.map(score, range(len(test_set))), total=len(test_set),
-                                 desc=f"eval {test_set.name}", leave=False, disable=None):
-            for key, value in image_scores.items():
-                scores.setdefault(key, []).append(value)
-        results[test_set.name] = {key: mean_score(values) for key, values in scores.items()}
-    model.train(was_training)
-    return results
+from model.training import (Phase, StepResult, build_phases, make_optimizer, phase_of,
+                            phases_summary, set_trainable, training_step)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -102,26 +49,22 @@ class Trainer:
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
-                 test_sets: Sequence[EvalSet], device: torch.device, run_dir: Path,
-                 group: ProcessGroup = ProcessGroup()) -> None:
+                 train_set: PatchPairs, test_sets: Sequence[EvalSet], device: torch.device,
+                 group: ProcessGroup = ProcessGroup(), run_dir: Optional[Path] = None) -> None:
         self.args = args
         self.model = model
         self.criterion = criterion.to(device)
+        self.train_set = train_set
         self.test_sets = test_sets
         self.device = device
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path("experiment") / args.save if run_dir is None else Path(run_dir)
         self.group = group
         self.checkpoints = RunCheckpoints(self.run_dir, vars(args), keep_epochs=args.save_models,
                                           is_main=group.is_main)
         self.log = utility.get_logger()
         self.phases = build_phases(args)
-        if args.patch_size < model.min_input_size:
-            raise ValueError(f"--patch_size {args.patch_size} is too small for {model.name.upper()}: "
-                             f"its encoder needs LR patches of at least {model.min_input_size}x"
-                             f"{model.min_input_size}{model.min_input_reason}")
         self.precision = Precision(args.precision, device)
         self.data_parallel = self.parallel_devices(args.n_GPUs, device)
-        self.train_set = build_train_set(args, full_check=group.local_rank == 0)
         self.net: Optional[nn.Module] = None         # the model as the step calls it (DDP, ...)
         self.phase: Optional[Phase] = None
         self.optimizer = None
@@ -134,6 +77,7 @@ class Trainer:
         self.best_psnr = -math.inf
         self.bad_steps = 0                      # consecutive steps with non-finite values
         self.records = RunRecords(self.run_dir, getattr(criterion, "names", ()))
+        self.clock = utility.Timer()
 
     def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
         """CUDA devices for DataParallel (none under torchrun: one process per device)."""
@@ -143,6 +87,21 @@ class Trainer:
             self.log.warning(f"--n_GPUs {n_gpus} ignored under torchrun: one process per device")
             return []
         return data_parallel_devices(n_gpus, device)
+
+    def open_run_folder(self) -> None:
+        """The run folder, once every check has passed (rank 0): a fresh run moves an earlier one
+        aside and writes config.json; a resumed run keeps config.json and appends its command to
+        resumes.jsonl. From here on the log also goes to log.txt."""
+        run_dir = utility.prepare_run_dir(self.run_dir.parent, self.run_dir.name, resume=self.resumed)
+        utility.setup_logging(run_dir / "log.txt")
+        record = {"options": vars(self.args), "device": str(self.device),
+                  "processes": self.group.world_size}
+        if self.resumed:
+            utility.append_json_line(run_dir / "resumes.jsonl", {
+                **record, "command": sys.argv, "time": utility.now(),
+                "from": {"epoch": self.start_epoch - 1, "iteration": self.start_iteration}})
+        else:
+            utility.write_json(run_dir / "config.json", {**record, "phases": phases_summary(self.phases)})
 
     # ------------------------------------------------------------------ phases
     def enter_phase(self, phase: Phase) -> None:
@@ -209,7 +168,7 @@ class Trainer:
         last = self.phases[-1].last
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
-            return self.evaluate()
+            return self.validation_scores()
         metrics: Dict[str, Dict[str, float]] = {}
         for epoch in range(self.start_epoch, last + 1):
             phase = phase_of(self.phases, epoch)
@@ -281,7 +240,7 @@ class Trainer:
         checkpoint is intact). Under fp16 the scaler's skips count once its scale is down to 1
         (``StepResult``): gradients that are never finite stop the run too."""
         if self.group.is_main:
-            self.records.write_step(epoch, iteration, self.phase, lr, step)
+            self.records.write_step(epoch, iteration, self.phase.name, lr, step.applied, step.reported)
         if step.finite:             # applied, or an fp16 step the gradient scaler skipped
             self.bad_steps = 0
             return
@@ -294,8 +253,8 @@ class Trainer:
                 f"{epoch}, iteration {iteration}); training stopped, the last checkpoint in "
                 f"{self.checkpoints.folder} is intact: lower the learning rate and --resume")
 
-    def evaluate(self) -> Dict[str, Dict[str, float]]:
-        """Scores on the test sets (rank 0; the other processes wait and get {})."""
+    def validation_scores(self) -> Dict[str, Dict[str, float]]:
+        """Scores on the validation sets (rank 0; the other processes wait and get {})."""
         metrics = {}
         if self.group.is_main:
             metrics = evaluate(self.model, self.test_sets, self.device, with_bicubic=True,
@@ -306,7 +265,7 @@ class Trainer:
     def validate(self, epoch: int) -> Dict[str, Dict[str, float]]:
         """Evaluate after ``epoch``: log, psnr.csv, psnr.png, best.pt (rank 0). A non-finite
         score stops the run before anything of this epoch is written."""
-        metrics = self.evaluate()
+        metrics = self.validation_scores()
         bad = [name for name, m in metrics.items() if not math.isfinite(m["psnr"]) and m["psnr"] != math.inf]
         if any_process(bool(bad), self.device):
             raise FloatingPointError(f"validation after epoch {epoch} gave a non-finite PSNR on "
@@ -323,6 +282,34 @@ class Trainer:
             self.log.info(f"epoch {epoch} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
                           f"SSIM {m['ssim']:.4f} (bicubic (MATLAB) {m['bicubic_psnr']:.2f} dB, "
                           f"{m['bicubic_ssim']:.4f}); best {self.best_psnr:.2f} dB")
-        self.records.write_validation(epoch, self.phase, metrics,
+        self.records.write_validation(epoch, self.phase.name, metrics,
                                       f"{self.model.name.upper()} x{self.model.scale}")
         return metrics
+
+
+@contextmanager
+def training_session(trainer: Trainer) -> Iterator[utility.StopSignals]:
+    """What a run holds while ``trainer.fit`` runs, released on the way out: torchrun's process
+    group (joined first: rank 0 reads a checkpoint to resume for every process), the resume
+    (--resume, --auto_resume or a torchrun restart), the run folder's lock and records (rank 0),
+    and the stop signals of cluster schedulers (SIGTERM/SIGUSR1: checkpoint, then stop).
+    Nothing is written before every check has passed."""
+    args, group, model = trainer.args, trainer.group, trainer.model
+    lock = utility.RunLock(trainer.run_dir)
+    try:
+        init_process_group(group, trainer.device)
+        if args.resume:
+            trainer.resume(args.resume)
+        elif args.auto_resume or restarted_by_torchrun():
+            trainer.auto_resume()
+        if group.is_main:
+            lock.acquire()
+            trainer.open_run_folder()
+        trainer.log.info(f"{model.name.upper()} x{model.scale} on {trainer.device} (preset {args.preset})"
+                         + (f" x {group.world_size} processes" if group.distributed else "")
+                         + f", run folder {trainer.run_dir}")
+        with utility.StopSignals() as stop:
+            yield stop
+    finally:
+        lock.release()
+        close_process_group()

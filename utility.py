@@ -223,17 +223,11 @@ class StopSignals:
             signal.signal(number, handler)
 
 
-def _reports_errors() -> bool:
-    """Whether this process prints its error line. Under torchrun, before the processes have
-    joined (option and data checks, the same everywhere) only rank 0 does, so the user reads
-    the line once; a process that fails later always does, naming its rank."""
-    from model.parallel import joined_process_group
-    return os.environ.get("RANK", "0") == "0" or joined_process_group()
-
-
-def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
+def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted",
+            reports_errors: Callable[[], bool] = lambda: True) -> int:
     """Run an entry point; bad input ends with one ``error: ...`` line and exit status 2,
-    Ctrl-C with the line ``on_interrupt`` and status 130.
+    Ctrl-C with the line ``on_interrupt`` and status 130. ``reports_errors``: whether this
+    process prints its error line (a multi-process job decides: ``model.parallel.reports_errors``).
 
     ``CDSR_DEBUG=1`` shows the full traceback instead.
     """
@@ -260,7 +254,7 @@ def run_cli(main: Callable[[], None], on_interrupt: str = "interrupted") -> int:
     except (ValueError, OSError, FloatingPointError) as error:  # OSError names its file
         if os.environ.get("CDSR_DEBUG"):
             raise
-        if _reports_errors():
+        if reports_errors():
             rank = os.environ.get("RANK", "0")
             print(f"error: {'' if rank == '0' else f'(rank {rank}) '}{error}", file=sys.stderr)
         # The frames hold the data loader (its workers) alive until exit; free them now.

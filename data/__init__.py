@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from data.degradation import TrainingDegradation, make_training_degradation
 from data.eval_set import EvalSet, ImageSource
-from data.hr_folder import PatchPairs, folder_sources
+from data.patch_pairs import PatchPairs, folder_sources
 from data.images import ImageError, list_images
 from data.sampler import GlobalBatchSampler
 from data.store import store_sources

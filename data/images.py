@@ -161,3 +161,16 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
     """(3, H, W) or (1, 3, H, W) tensor in 0..255 -> ``uint8`` (H, W, 3), clamped and rounded."""
     tensor = tensor.detach().reshape(-1, *tensor.shape[-2:]).clamp(0, 255).round()
     return tensor.byte().permute(1, 2, 0).cpu().numpy()
+
+
+def centre_crop(image: Union[np.ndarray, torch.Tensor], size: Optional[int]):
+    """The centred ``size`` x ``size`` window of an image, each side clipped to the image: an
+    (H, W, C) array (channels last, as ``read_image`` gives) or a (..., H, W) tensor (channels
+    first); the image itself when ``size`` is None or 0."""
+    if not size:
+        return image
+    channels_last = isinstance(image, np.ndarray)
+    h, w = image.shape[:2] if channels_last else image.shape[-2:]
+    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    rows, cols = slice(top, top + size), slice(left, left + size)
+    return image[rows, cols] if channels_last else image[..., rows, cols]

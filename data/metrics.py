@@ -1,5 +1,5 @@
-"""PSNR and SSIM of an SR image against its HR image, on the Y channel: the one metric
-implementation, used by training validation, test.py and the reports.
+"""Results: PSNR and SSIM of an SR image against its HR image, on the Y channel, the one
+metric implementation, used by training validation, test.py and the reports.
 
 Metric convention (CDSR's and DASR's test loops, stated once): both images are quantised
 (clamped to 0..255 and rounded), converted to BT.601 luma ``Y = 16 + (65.481 R + 128.553 G +

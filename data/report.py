@@ -1,4 +1,4 @@
-"""Tables and figures of evaluation results: ``trainer.evaluate``'s scores of ``EvalSet``s.
+"""Results: tables and figures of evaluations, ``model.evaluation.evaluate``'s scores of ``EvalSet``s.
 
 A table has a row per setting and a column per dataset (``results.md``, ``.csv``, ``.json``). The
 figures are PSNR per setting (one curve per dataset) and, per chosen image, crops of bicubic

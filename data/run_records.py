@@ -1,4 +1,4 @@
-"""The records of a training run: ``psnr.csv`` (validation scores per epoch and test set), its
+"""Results of a training run: ``psnr.csv`` (validation scores per epoch and test set), its
 figure ``psnr.png``, and ``losses.csv`` (the global batch's losses of every iteration).
 
 Each CSV file is a ``CsvTable``; a resumed run first drops the rows it is about to redo
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
 from data.plots import plot_curves
-from model.training import Phase, StepResult
 
 PSNR_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
 LOSS_FIELDS = ("epoch", "iteration", "phase", "lr", "applied", "total", "contrastive")
@@ -79,16 +78,18 @@ class RunRecords:
         return max((float(r["psnr"]) for r in self.psnr_table.read() if r["dataset"] == dataset),
                    default=-math.inf)
 
-    def write_step(self, epoch: int, iteration: int, phase: Phase, lr: float, step: StepResult) -> None:
-        """The losses.csv row of one training step."""
-        self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": phase.name,
-                                "lr": lr, "applied": int(step.applied), **step.reported}])
+    def write_step(self, epoch: int, iteration: int, phase: str, lr: float, applied: bool,
+                   losses: Dict[str, float]) -> None:
+        """The losses.csv row of one training step: its phase's name, learning rate, whether
+        the update was applied, and the global batch's loss components."""
+        self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": phase,
+                                "lr": lr, "applied": int(applied), **losses}])
 
-    def write_validation(self, epoch: int, phase: Phase, metrics: Dict[str, Dict[str, float]],
+    def write_validation(self, epoch: int, phase: str, metrics: Dict[str, Dict[str, float]],
                          title: str) -> None:
         """The psnr.csv rows of the scores after ``epoch`` (``{test set: {"psnr", "ssim",
         "bicubic_psnr", ...}}``), then psnr.png redrawn with ``title``."""
-        self.psnr_table.write([{"epoch": epoch, "phase": phase.name, "dataset": name,
+        self.psnr_table.write([{"epoch": epoch, "phase": phase, "dataset": name,
                                 "psnr": f"{m['psnr']:.4f}", "ssim": f"{m['ssim']:.5f}",
                                 "bicubic_psnr": f"{m['bicubic_psnr']:.4f}"}
                                for name, m in metrics.items()])

@@ -9,8 +9,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from data.images import ImageError, read_image
-from model.inference import centre_crop
+from data.images import ImageError, centre_crop, read_image
 
 # (package, file name). Colour photos first; grayscale ones become three equal channels.
 TRAIN_PHOTOS = [

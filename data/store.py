@@ -32,7 +32,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from data.decode_pool import each_decoded
-from data.hr_folder import Corner
+from data.patch_pairs import Corner
 from data.images import ImageError, list_images, read_image
 from utility import pid_alive
 

@@ -1,7 +1,8 @@
 """Model registry: ``build_model(name, **kwargs)`` for 'cdsr', 'dasr', CDSR's ablations
 ('cdsr-no-patch', ..., see ``model/variants.py``) and KDSR's teachers and students
 ('kdsr-t-m', 'kdsr-t-l', 'kdsr-s-m', 'kdsr-s-l', see ``model/kdsr.py``), and the
-``make_model(args)`` factory (the only place in model/ that reads ``args``).
+``make_model(args)`` factory. In model/ only three small builders read the command-line
+options: ``make_model``, ``model.training.build_phases`` and ``model.evaluation.inference_policy``.
 
 Names are matched ignoring case, hyphens, underscores and spaces ('KDSR-S-M', 'kdsr_s_m' and
 'KDSRsM' are 'kdsr-s-m'); ``ALIASES`` adds the few short names ('kdsr-t' is the M teacher, the
@@ -36,7 +37,7 @@ ALIASES = {"kdsr-t": "kdsr-t-m", "kdsr-s": "kdsr-s-m",
            "blindsr": "dasr"}            # DASR's code calls its model 'blindsr'
 
 __all__ = ["CDSR", "DASR", "KDSRStudent", "KDSRTeacher", "MoCo", "BlindSRModel", "ALIASES",
-           "build_model", "canonical_name", "make_model", "model_names"]
+           "build_model", "canonical_name", "input_requirement", "make_model", "model_names"]
 
 
 def _squash(name: str) -> str:
@@ -62,6 +63,14 @@ def canonical_name(name: str) -> str:
         raise ValueError(f"unknown model {name!r}; choose one of: {choices} (aliases: {aliases}; "
                          "case, '-', '_' and spaces are ignored)")
     return ALIASES.get(found, found)
+
+
+def input_requirement(name: str) -> tuple[int, str]:
+    """(the smallest LR height and width model ``name``'s encoder reads, why), without building it."""
+    factory = _MODELS[canonical_name(name)]
+    if isinstance(factory, partial):
+        return factory.func.input_requirement(**factory.keywords)
+    return factory.input_requirement()
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

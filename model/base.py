@@ -78,6 +78,12 @@ class BlindSRModel(nn.Module):
         self.generator = generator  # registered first: state-dict order G, E like the authors'
         self.encoder = encoder
 
+    @classmethod
+    def input_requirement(cls, **switches: Any) -> tuple[int, str]:
+        """(the smallest LR height and width the encoder reads, why) of the model the
+        constructor switches ``switches`` build, without building it."""
+        return cls.min_input_size, cls.min_input_reason
+
     @property
     def hparams(self) -> dict:
         """The constructor's keyword arguments besides ``scale`` (a copy)."""

@@ -239,8 +239,14 @@ class CDSR(ContrastiveBlindSRModel):
                                   embed_dim=embed_dim, fusion=fusion)
         super().__init__(scale=scale, encoder=moco, generator=generator)
         self.name = name
-        if encoder != "lpe" or not patch_branch:
-            self.min_input_size, self.min_input_reason = 1, ""
+        self.min_input_size, self.min_input_reason = self.input_requirement(encoder=encoder,
+                                                                            patch_branch=patch_branch)
+
+    @classmethod
+    def input_requirement(cls, **switches) -> tuple[int, str]:
+        if switches.get("encoder", "lpe") != "lpe" or not switches.get("patch_branch", True):
+            return 1, ""                # no patch-wise branch: any size
+        return cls.min_input_size, cls.min_input_reason
 
     def to_network_range(self, lr: torch.Tensor) -> torch.Tensor:
         return lr / 255.0

@@ -1,6 +1,6 @@
 """Inference policies: pure functions that take a blind-SR model and an LR batch.
 
-The model contract (see ``model/__init__.py``): ``model.embed(lr) -> (B, D)`` and
+The model contract (see ``model/base.py``): ``model.embed(lr) -> (B, D)`` and
 ``model.super_resolve(lr, embedding) -> (B, 3, s*h, s*w)``, LR in 0..255, SR in 0..255 units
 (not clamped). Everything here runs on the input's device.
 
@@ -18,11 +18,12 @@ import queue
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
-import numpy as np
 import torch
 from torch import nn
+
+from data.images import centre_crop
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -104,19 +105,6 @@ def tiled_super_resolve(model: nn.Module, lr: torch.Tensor, embedding: torch.Ten
     """
     return tiled_apply(lambda crop: model.super_resolve(crop, embedding), lr, tile=tile,
                        halo=overlap, scale=model.scale)
-
-
-def centre_crop(image: Union[np.ndarray, torch.Tensor], size: Optional[int]):
-    """The centred ``size`` x ``size`` window of an image, each side clipped to the image: an
-    (H, W, C) array (channels last, as ``data.images.read_image`` gives) or a (..., H, W) tensor (channels
-    first); the image itself when ``size`` is None or 0."""
-    if not size:
-        return image
-    channels_last = isinstance(image, np.ndarray)
-    h, w = image.shape[:2] if channels_last else image.shape[-2:]
-    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    rows, cols = slice(top, top + size), slice(left, left + size)
-    return image[rows, cols] if channels_last else image[..., rows, cols]
 
 
 @contextmanager

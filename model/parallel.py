@@ -64,6 +64,14 @@ def joined_process_group() -> bool:
     return _joined
 
 
+def reports_errors() -> bool:
+    """Whether this process prints its error line (``utility.run_cli``'s ``reports_errors``).
+    Under torchrun, before the processes have joined (option and data checks, the same
+    everywhere) only rank 0 does, so the user reads the line once; a process that fails later
+    always does, naming its rank."""
+    return os.environ.get("RANK", "0") == "0" or joined_process_group()
+
+
 def init_process_group(group: ProcessGroup, device: torch.device) -> None:
     """Join torchrun's process group: NCCL for CUDA devices, gloo for the CPU."""
     global _joined

@@ -52,19 +52,10 @@ class Phase:
 
 
 def build_phases(args: argparse.Namespace) -> List[Phase]:
-    """Phases from ``--epochs_encoder``, ``--epochs_sr``, ``--freeze_epoch`` and the lr flags.
-
-    Raises ValueError when the ranges make no sense.
-    """
+    """Phases from ``--epochs_encoder``, ``--epochs_sr``, ``--freeze_epoch`` and the lr flags
+    (validated by ``option.parse_args``: at least one epoch, no freeze inside pre-training)."""
     n_encoder = max(args.epochs_encoder, 0)
     total = n_encoder + args.epochs_sr
-    if args.epochs_sr < 0:
-        raise ValueError(f"--epochs_sr must be >= 0, got {args.epochs_sr}")
-    if total == 0:
-        raise ValueError("nothing to train: --epochs_encoder and --epochs_sr are both 0")
-    if args.epochs_sr > 0 and args.freeze_epoch <= n_encoder:
-        raise ValueError(f"--freeze_epoch {args.freeze_epoch} falls inside encoder pre-training "
-                         f"(epochs 1..{n_encoder}); it must be > {n_encoder}")
     phases = []
     if n_encoder:
         phases.append(Phase(ENCODER, 1, n_encoder, args.lr_encoder, args.lr_decay_encoder,

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,20 +34,15 @@ if str(ROOT) not in sys.path:
 import option  # noqa: E402
 import utility  # noqa: E402
 from data import build_train_loader, build_train_set  # noqa: E402
-from data.hr_folder import PatchPairs  # noqa: E402
+from data.patch_pairs import PatchPairs  # noqa: E402
 from data.images import list_images, write_png  # noqa: E402
 from data.sample_photos import training_photos  # noqa: E402
 
 DF2K_SIZE = (1356, 2040)  # (H, W) of a typical DF2K image
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="bench_data.py", description=__doc__.split("\n")[0])
+    parser = option.ArgumentParser(prog="bench_data.py", description=__doc__.split("\n")[0])
     parser.add_argument("--hr_dir", type=Path, default=None,
                         help="your own HR folder (default: upscaled bundled photos)")
     parser.add_argument("--images", type=int, default=8, help="images in the benchmark folder")

@@ -7,7 +7,7 @@
 For each model (the paper recipe of its preset, x4, LR patch 48) and each precision, one joint
 training step is what the trainer does per iteration: ``TrainingDegradation.apply`` on a batch
 of HR patch pairs (parameters drawn beforehand, as the data-loading workers do) and
-``trainer.training_step`` (MoCo update, forward under the precision's autocast, losses,
+``model.training.training_step`` (MoCo update, forward under the precision's autocast, losses,
 backward, Adam). Every precision trains its own copy of the same initial model on the same
 batches, and the copies take turns (round 1: A, B, C; round 2: B, C, A; ...), so load drift on a
 shared machine hits all modes alike and the losses of the same step can be compared.
@@ -56,11 +56,12 @@ from loss import build_loss  # noqa: E402
 from model import make_model  # noqa: E402
 from model.inference import predict  # noqa: E402
 from model.precision import PRECISIONS, Precision  # noqa: E402
-from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
+from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
-from scripts.measure import (GEMM_IMPLEMENTATIONS, MiB, allocator_settings, count_flops,  # noqa: E402
-                             describe_device, host_load, markdown_table, matmul_call, matmul_gflops,
-                             median, peak_bytes, resting_bytes, timed)
+from scripts.measure import (GEMM_IMPLEMENTATIONS, MiB, add_workload_flags,  # noqa: E402
+                             allocator_settings, count_flops, describe_device, host_load,
+                             markdown_table, matmul_call, matmul_gflops, median, peak_bytes,
+                             resting_bytes, timed)
 
 
 def default_precisions(device: torch.device) -> List[str]:
@@ -221,12 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default=None,
                    help=f"comma-separated subset of {', '.join(PRECISIONS)} (default: those the "
                         "device computes natively, see above)")
-    p.add_argument("--batch_size", type=int, default=4, help="training images per step")
-    p.add_argument("--patch_size", type=int, default=48, help="LR patch side")
-    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
-    p.add_argument("--iterations", type=int, default=5, help="timed rounds (every mode once each)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_workload_flags(p, iterations=5, iterations_help="timed rounds (every mode once each)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--eval_size", type=int, default=128, help="CUDA: LR side of the eval forward")
     p.add_argument("--json", default=None, help="also write the measurements to this file")

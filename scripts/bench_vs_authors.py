@@ -2,7 +2,7 @@
 
     python scripts/bench_vs_authors.py --authors_cdsr CDSR_CHECKOUT --authors_dasr DASR_CHECKOUT
         [--models cdsr,dasr] [--eval_sizes 64,128] [--batch_size 4] [--patch_size 48]
-        [--iterations 5] [--warmup 1] [--threads N] [--json OUT.json]
+        [--iterations 7] [--warmup 1] [--threads N] [--json OUT.json]
 
 The authors' code is imported from your checkouts of github.com/ZhouYiiFeng/CDSR
 (``model/CDSR.py``, ``utils/util_ma.py``, ``moco/``) and github.com/LongguangWang/DASR
@@ -16,7 +16,7 @@ implementations get identical weights (theirs initialised, ours loaded from its 
   the recipe of the model's preset), theirs ``SRMDPreprocessing`` as their trainer calls it,
   ours ``TrainingDegradation.apply`` (parameters drawn beforehand, as our loader workers do);
 * ``train step``: the degradation plus one joint step; theirs as in their ``trainer.train``
-  (``model(lr)``, L1 + cross-entropy, backward, Adam at lr 1e-4), ours ``trainer.training_step``.
+  (``model(lr)``, L1 + cross-entropy, backward, Adam at lr 1e-4), ours ``model.training.training_step``.
 
 Each comparison alternates the two (theirs, ours, ours, theirs, ...) after --warmup rounds, so
 load drift hits both alike. Reported: the median wall time of each and the ratio ours/theirs of
@@ -52,9 +52,9 @@ from model.checkpoint import load_weights  # noqa: E402
 from model.inference import predict  # noqa: E402
 from model.precision import Precision  # noqa: E402
 from scripts.authors_code import AuthorsCode, AuthorsError  # noqa: E402
-from scripts.measure import (MiB, allocator_settings, host_load,  # noqa: E402
+from scripts.measure import (MiB, add_workload_flags, allocator_settings, host_load,  # noqa: E402
                              markdown_table, median, peak_bytes, timed)
-from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
+from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
 CPU = torch.device("cpu")
 def saved_for_backward_bytes(fn: Callable[[], object], exclude: Sequence[torch.Tensor]) -> int:
@@ -212,12 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="cdsr,dasr", help="comma-separated: cdsr, dasr")
     p.add_argument("--eval_sizes", default="64,128",
                    help="comma-separated LR sides of the eval forward")
-    p.add_argument("--batch_size", type=int, default=4, help="training images per step")
-    p.add_argument("--patch_size", type=int, default=48, help="LR patch side")
-    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
-    p.add_argument("--iterations", type=int, default=7, help="timed rounds (each side once)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_workload_flags(p, iterations=7, iterations_help="timed rounds (each side once)")
     p.add_argument("--json", default=None, help="also write the measurements to this file")
     return p
 

@@ -9,7 +9,9 @@
 set -euo pipefail
 DIR_DATA=${DIR_DATA:-/data/sr}          # <- the only thing to change
 PYTHON=${PYTHON:-python}
-TRAIN=${TRAIN:-$PYTHON}                 # e.g. TRAIN="torchrun --standalone --nproc_per_node 4"
+# e.g. TRAIN="torchrun --standalone --nproc_per_node 4 --signals_to_handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# (the signal list lets a scheduler's SIGUSR1 reach the training processes: they checkpoint)
+TRAIN=${TRAIN:-$PYTHON}
 DATA_TEST=${DATA_TEST:-Set5+Set14+B100+Urban100}
 SCALE=${1:-4}
 NOISE=${2:-0}

@@ -31,7 +31,7 @@ from data import build_training_degradation  # noqa: E402
 from loss import build_loss  # noqa: E402
 from model import make_model  # noqa: E402
 from model.inference import full_float32, predict  # noqa: E402
-from trainer import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
+from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
 
 
 def set_tf32(enabled: bool) -> None:

@@ -1,6 +1,8 @@
 """Measuring tools shared by the benchmarks: timing with CPU time and page faults, peak memory
 (CUDA allocator; on the CPU, live tensor bytes from torch.profiler), FLOP counting with grouped
-convolutions counted right, the machine's GEMM rate, host load and the allocator settings."""
+convolutions counted right, the machine's GEMM rate, host load, the allocator settings, and the
+workload flags the benchmarks share."""
+import argparse
 import contextlib
 import math
 import os
@@ -18,6 +20,18 @@ MiB = 2 ** 20
 MATMUL_SIDE = 2048
 MATMUL_DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
                 "fp16": torch.float16}
+
+
+def add_workload_flags(parser: argparse.ArgumentParser, *, iterations: int, iterations_help: str) -> None:
+    """Add the flags of bench_train.py and bench_vs_authors.py, in this order: the training
+    batch (--batch_size, --patch_size, --scale), the timed and untimed rounds (--iterations,
+    default ``iterations``; --warmup) and the CPU threads (--threads)."""
+    parser.add_argument("--batch_size", type=int, default=4, help="training images per step")
+    parser.add_argument("--patch_size", type=int, default=48, help="LR patch side")
+    parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    parser.add_argument("--iterations", type=int, default=iterations, help=iterations_help)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
 def host_load() -> str:

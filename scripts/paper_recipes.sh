@@ -4,7 +4,11 @@
 # writes its protocol table to experiment/<run>_test/results.md.
 #
 #   DIR_DATA=/data/sr scripts/paper_recipes.sh [extra main.py flags, e.g. --n_GPUs 2]
-#   DIR_DATA=/data/sr TRAIN="torchrun --standalone --nproc_per_node 4" scripts/paper_recipes.sh
+#   DIR_DATA=/data/sr TRAIN="torchrun --standalone --nproc_per_node 4 --signals_to_handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" \
+#       scripts/paper_recipes.sh
+#
+# Under torchrun the signal list lets a scheduler's SIGUSR1 reach the training processes: they
+# checkpoint (see README, "Several GPUs and machines").
 set -euo pipefail
 export DIR_DATA=${DIR_DATA:-/data/sr}   # <- the only thing to change
 here="$(dirname "$0")"

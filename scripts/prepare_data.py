@@ -13,24 +13,20 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import option  # noqa: E402
 import utility  # noqa: E402
 from data import training_folders  # noqa: E402
 from data.store import store_sources  # noqa: E402
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="prepare_data.py", description=__doc__.split("\n")[0])
+    parser = option.ArgumentParser(prog="prepare_data.py", description=__doc__.split("\n")[0])
     parser.add_argument("--dir_data", required=True, help="root of the training folders, as for main.py")
     parser.add_argument("--data_train", default="DF2K",
                         help="training set(s) under --dir_data, '+'-separated, as for main.py")

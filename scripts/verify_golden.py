@@ -14,21 +14,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the report
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+import option  # noqa: E402  (light: imports nothing heavy)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(description=__doc__.split("\n\n")[0])
+    parser = option.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("golden_dirs", type=Path, nargs="*", metavar="GOLDEN_DIR",
                         help="folders of golden vectors (default: tests/golden_kdsr and, where "
                              "it exists, ../shared/golden)")

@@ -44,6 +44,14 @@ def benchmark_dir() -> Path:
     return _shared_folder("datasets/benchmark")
 
 
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny run's data, shared by every test that trains: ``DF2K/HR`` (three 40x44 noise
+    images) and ``benchmark/Set5/HR`` (two 32x36), where ``--dir_data`` finds them. Read-only."""
+    from helpers import write_data_root
+    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 44)] * 3, [(32, 36)] * 2, seed=1)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_run_logger():
     """Entry points run in-process attach handlers to the 'cdsr' logger (a run's log file, a

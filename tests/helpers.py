@@ -1,4 +1,5 @@
 """Small models and inputs shared by several test files."""
+import importlib.util
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,18 @@ from torch import nn
 
 import model
 from data.images import write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_test_py():
+    """The entry point test.py as a module, to call its ``main(argv)`` in this process (loaded
+    from its path: the name ``test`` is also a standard-library package)."""
+    spec = importlib.util.spec_from_file_location("test_py_entry_point", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Tiny constructor arguments for every registered model (the paper sizes are the defaults):
 # TINY for the contrastive (MoCo) models, TINY_KDSR for KDSR's teachers and students.
@@ -54,15 +67,29 @@ def write_data_root(root: Path, train_sizes, test_sizes, seed: int = 0) -> Path:
     return root
 
 
+# The tiny run: a DASR of TINY_RUN_MODEL trained for 1 + 2 epochs of 4 iterations on conftest's
+# data_root (every phase: encoder pre-training, joint, frozen encoder).
+TINY_RUN_MODEL = dict(TINY["dasr"], n_feats=8, queue_size=8)
+TINY_RUN = ("--model DASR --scale 2 --patch_size 8 --batch_size 2 --queue_size 8 --test_every 4 "
+            "--n_threads 0 --epochs_encoder 1 --epochs_sr 2 --freeze_epoch 3 --data_test Set5 --cpu")
+
+
+def tiny_run_args(data_root: Path, save: str, *extra: str):
+    """The tiny run's parsed options on ``data_root``, run folder ``save``; ``extra`` flags win."""
+    import option
+    return option.parse_args(f"--dir_data {data_root} --save {save} {TINY_RUN}".split() + list(extra))
+
+
 def tiny_trainer(args, run_dir: Path, **overrides):
-    """A Trainer of ``args`` on a tiny DASR (``TINY['dasr']`` with ``overrides``) on the CPU,
-    resumed when ``args.resume`` asks for it."""
-    from data import build_test_sets
+    """A Trainer of ``args`` on a tiny DASR (``TINY['dasr']`` with ``overrides``; the tiny run
+    passes ``TINY_RUN_MODEL``) on the CPU, resumed when ``args.resume`` asks for it."""
+    from data import build_test_sets, build_train_set
     from loss import build_loss
     from trainer import Trainer
 
     trainer = Trainer(args, tiny("dasr", 2, **overrides), build_loss(args.loss, args.c_weight),
-                      build_test_sets(args), torch.device("cpu"), run_dir)
+                      build_train_set(args), build_test_sets(args), torch.device("cpu"),
+                      run_dir=run_dir)
     if args.resume:
         trainer.resume(args.resume)
     return trainer

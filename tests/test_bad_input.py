@@ -6,7 +6,6 @@ do), except where a signal or a full disk needs a real process or device.
 """
 import csv
 import errno
-import importlib.util
 import os
 import signal
 import subprocess
@@ -21,13 +20,11 @@ import torch
 
 import main as main_py
 import utility
-from helpers import TINY, tiny, write_noise_images
+from helpers import TINY, load_test_py, tiny, write_noise_images
 from model.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("test_entry_point", ROOT / "test.py")
-test_py = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(test_py)
+test_py = load_test_py()
 
 
 @pytest.fixture(scope="module")

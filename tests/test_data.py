@@ -7,7 +7,7 @@ import torch
 
 import option
 from data import build_test_sets, build_train_loader, build_train_set, training_folders
-from data.hr_folder import PatchPairs, random_flip_rotate
+from data.patch_pairs import PatchPairs, random_flip_rotate
 from data.images import ImageError
 from data.sample_photos import held_out_photos, training_photos
 from helpers import write_noise_images
@@ -33,7 +33,7 @@ def test_an_image_smaller_than_the_patch_is_named(tmp_path):
     with pytest.raises(ImageError, match="image 1 is 10x40, smaller than the HR patch 16x16"):
         PatchPairs([np.zeros((20, 20, 3), np.uint8), np.zeros((10, 40, 3), np.uint8)], 16, 4)
     write_noise_images(tmp_path, [(40, 40), (12, 50)])
-    from data.hr_folder import folder_sources
+    from data.patch_pairs import folder_sources
     with pytest.raises(ImageError, match="img_001.png is 12x50"):
         PatchPairs(folder_sources([tmp_path]), 16, 4)
 
@@ -41,7 +41,7 @@ def test_an_image_smaller_than_the_patch_is_named(tmp_path):
 def test_a_corrupt_training_image_is_named(tmp_path):
     write_noise_images(tmp_path, [(40, 40)])
     (tmp_path / "img_009.png").write_bytes(b"junk")
-    from data.hr_folder import folder_sources
+    from data.patch_pairs import folder_sources
     with pytest.raises(ImageError, match="img_009.png"):
         PatchPairs(folder_sources([tmp_path]), 16, 4)
 
@@ -60,7 +60,7 @@ def test_training_folder_layouts(tmp_path):
 
 def test_loader_is_seeded(tmp_path):
     write_noise_images(tmp_path / "T", [(60, 60), (50, 70)])
-    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
+    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --model DASR --scale 2 --patch_size 8 "
                              "--batch_size 2 --test_every 3 --n_threads 0 --queue_size 8".split())
     dataset = build_train_set(args)
     first = [b["hr"] for b in build_train_loader(args, dataset, seed=1)]
@@ -77,7 +77,7 @@ def test_more_workers_than_cpus_are_capped_and_said_once(tmp_path, caplog):
     import data
     write_noise_images(tmp_path / "T", [(60, 60)])
     many = data.available_cpus() + 3
-    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
+    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --model DASR --scale 2 --patch_size 8 "
                              f"--batch_size 2 --test_every 1 --n_threads {many} --queue_size 8".split())
     with caplog.at_level("INFO", logger="cdsr"):
         loader = build_train_loader(args, build_train_set(args), seed=1)

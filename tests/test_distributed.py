@@ -18,12 +18,12 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from data.sampler import GlobalBatchSampler
-from helpers import images, tiny, write_data_root
+from helpers import images, tiny
 from loss import build_loss
 import utility
 from model.checkpoint import read_checkpoint
 from model.parallel import GlobalBatchNorm2d, ProcessGroup, on_rank_zero, wrap
-from trainer import JOINT, Phase, make_optimizer, set_trainable, training_step
+from model.training import JOINT, Phase, make_optimizer, set_trainable, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"}
@@ -232,11 +232,6 @@ def test_rank_zero_reads_for_everyone_and_its_failure_reaches_every_process(tmp_
 
 
 # ----------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 44)] * 3, [(32, 32)], seed=1)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -369,5 +364,5 @@ def test_a_batch_that_does_not_split_is_one_error_line(data_root, tmp_path):
     assert bad.returncode != 0
     lines = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert lines == ["error: --batch_size 3 (the global batch) is not divisible by the 2 processes; "
-                     "choose a multiple of 2"]
+                     "choose a multiple of 2 (see --help)"]
     assert not (tmp_path / "experiment" / "bad").exists()

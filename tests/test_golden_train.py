@@ -1,4 +1,4 @@
-"""Our training step (trainer.training_step) against the authors' (../shared/golden/train).
+"""Our training step (model.training.training_step) against the authors' (../shared/golden/train).
 
 The steps run in ``scripts/golden/train.py``, the comparison rules live in
 ``scripts/golden/train_compare.py``; see train/README.md for the recipe and the tolerances.
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import trainer
+from model import training
 from scripts.golden import train as golden_train
 from scripts.golden import train_compare
 
@@ -106,13 +106,13 @@ def test_encoder_phase_updates_what_the_authors_update(golden_dir):
     assert held == {id(p) for p in ours.encoder.query_encoder.parameters()}
 
     theirs = copy.deepcopy(start)
-    phase = trainer.Phase(name=trainer.ENCODER, first=1, last=1, base_lr=lr, step=1, gamma=1.0, origin=0)
-    trainer.set_trainable(theirs, phase)
+    phase = training.Phase(name=training.ENCODER, first=1, last=1, base_lr=lr, step=1, gamma=1.0, origin=0)
+    training.set_trainable(theirs, phase)
     for p in theirs.generator.parameters():
         p.requires_grad_(True)
     adam = torch.optim.Adam([p for p in theirs.parameters() if p.requires_grad], lr=lr)
     assert len(adam.param_groups[0]["params"]) == index["models"]["cdsr"]["n_tensors_in_optimizer"]
-    trainer.training_step(theirs, x * 255, hr, phase, golden_train.build_loss("1*L1", 1.0), adam)
+    training.training_step(theirs, x * 255, hr, phase, golden_train.build_loss("1*L1", 1.0), adam)
     assert all(p.grad is None for p in theirs.generator.parameters())
     for (key, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         assert torch.equal(a, b), key
@@ -132,13 +132,13 @@ def test_cdsr_encoder_phase_without_the_pixel_scale_fails(golden_dir, monkeypatc
 
 
 def test_key_encoder_batchnorm_in_eval_mode_fails(golden_dir, monkeypatch):
-    original = trainer.set_trainable
+    original = training.set_trainable
 
     def key_encoder_eval(net, phase):
         original(net, phase)
         net.encoder.key_encoder.eval()
 
-    monkeypatch.setattr(trainer, "set_trainable", key_encoder_eval)
+    monkeypatch.setattr(training, "set_trainable", key_encoder_eval)
     index, case = _case(golden_dir, "dasr", phases={"pretrain"})
     failed = {r.name.split(" (")[0] for r in golden_train.check_train_case(golden_dir, index, case)
               if not r.passed}

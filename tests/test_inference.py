@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import helpers
-from model.inference import centre_crop, iter_tiles, predict, tiled_apply, tiled_super_resolve
+from data.images import centre_crop
+from model.inference import iter_tiles, predict, tiled_apply, tiled_super_resolve
 
 DASR_RADIUS = 9      # helpers.TINY's DASR: 8.75 LR px (7 LR convs, one at x2 and one at x4)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from data.images import read_image
-from helpers import write_data_root
 from model.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,11 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(script, *argv, cwd):
     return subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=cwd, capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 40)] * 2, [(32, 32)], seed=1)
 
 
 @pytest.mark.parametrize("model", ["CDSR", "DASR"])
@@ -35,7 +29,7 @@ def test_short_run_all_phases_then_test_py_upscales_an_image(model, data_root, t
     assert "Set5: PSNR" in smoke.stdout and "bicubic" in smoke.stdout
     figure = smoke.stdout.strip().splitlines()[-1].split("bicubic | SR | HR crops: ")[1]
     assert figure == "experiment/smoke/figures/compare_Set5.png" and (tmp_path / figure).is_file()
-    assert read_image(run_dir / "results" / "Set5" / "img_000.png").shape == (32, 32, 3)
+    assert read_image(run_dir / "results" / "Set5" / "img_000.png").shape == (32, 36, 3)
     assert (run_dir / "config.json").is_file()
     assert read_checkpoint(run_dir / "checkpoint/last.pt")["model_kwargs"]["queue_size"] == 8
 
@@ -43,7 +37,7 @@ def test_short_run_all_phases_then_test_py_upscales_an_image(model, data_root, t
     sr = run("test.py", "--pre_train", str(run_dir / "checkpoint/last.pt"), "--input", str(lr),
              "--output", str(tmp_path / "sr"), "--cpu", cwd=tmp_path)
     assert sr.returncode == 0, sr.stderr
-    assert read_image(tmp_path / "sr/img_000.png").shape == (64, 64, 3)
+    assert read_image(tmp_path / "sr/img_000.png").shape == (64, 72, 3)
 
 
 def test_bad_data_gives_one_error_line(data_root, tmp_path):

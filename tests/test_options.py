@@ -1,7 +1,6 @@
 """Options parse like the authors' commands, presets resolve, nonsense is refused."""
 import argparse
-import inspect
-import re
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import option
-from trainer import build_phases
+from model.training import build_phases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,55 +90,103 @@ def test_learning_rate_schedule_follows_the_authors_steps():
     ("--epochs_encoder 5 --epochs_sr 3 --freeze_epoch 2", "falls inside encoder pre-training"),
     ("--epochs_sr -2", "--epochs_sr must be >= 0"),
 ])
-def test_schedules_that_make_no_sense_are_refused(argv, message):
-    with pytest.raises(ValueError, match=message):
-        build_phases(option.parse_args(argv.split()))
+def test_schedules_that_make_no_sense_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        option.parse_args(argv.split())
+    assert message in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- every flag is read
-READ = re.compile(r"\bargs\.(\w+)")
+def _module_file(name: str):
+    """The project file of module ``name`` ('data.images' -> data/images.py), or None."""
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
-def project_sources():
-    """Every .py file of the project outside option.py and the tests: the top-level modules and
-    the data/, model/, loss/ and scripts/ packages (a virtual environment in the checkout is not
-    the project)."""
-    files = [p for p in ROOT.glob("*.py") if p.name != "option.py"]
-    return files + [p for folder in ("data", "model", "loss", "scripts") for p in (ROOT / folder).rglob("*.py")]
+def _imported(path: Path, tree: ast.AST) -> set:
+    """Project files ``path``'s code imports, at module level or inside functions."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}".strip(".")
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    files = set()
+    for name in names:
+        parts = name.split(".")            # a package's __init__ runs for each of its modules
+        files.update(f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i]))))
+    return files
 
 
-def read_names(texts) -> set:
-    return {name for text in texts for name in READ.findall(text)}
+def reachable_sources(*entry_points: str) -> list:
+    """The project files the entry points import, directly or through each other."""
+    todo, seen = [ROOT / name for name in entry_points], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_imported(path, ast.parse(path.read_text())))
+    return sorted(seen)
 
 
-def unread_destinations(parser: argparse.ArgumentParser, texts) -> list:
-    """Destinations a parse can set (not help, not accepted-only flags) never read as args.<dest>."""
-    reads = read_names(texts)
+def options_read(sources) -> set:
+    """Attribute names read from a parsed-options object in the code (not in strings): the
+    ``X`` of ``args.X``, ``self.args.X``, ``trainer.args.X``."""
+    read = set()
+    for text in sources:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                owner = node.value
+                if (isinstance(owner, ast.Name) and owner.id == "args") or (
+                        isinstance(owner, ast.Attribute) and owner.attr == "args"):
+                    read.add(node.attr)
+    return read
+
+
+def unread_destinations(parser: argparse.ArgumentParser, sources) -> list:
+    """Destinations a parse can set (not help, not accepted-only flags) that the code never reads."""
+    reads = options_read(sources)
     return [a.dest for a in parser._actions if a.default is not argparse.SUPPRESS and a.dest not in reads]
 
 
-@pytest.mark.parametrize("build", [option.build_parser, option.build_test_parser])
-def test_every_flag_is_read_outside_option_py(build):
-    texts = [path.read_text() for path in project_sources()]
-    assert unread_destinations(build(), texts) == []
+def entry_point_sources(entry_point: str) -> list:
+    return [p.read_text() for p in reachable_sources(entry_point) if p.name != "option.py"]
+
+
+@pytest.mark.parametrize("build, entry_point", [(option.build_parser, "main.py"),
+                                                (option.build_test_parser, "test.py")])
+def test_every_flag_is_read_by_the_code_of_its_entry_point(build, entry_point):
+    assert unread_destinations(build(), entry_point_sources(entry_point)) == []
 
 
 def test_a_flag_nobody_reads_is_caught():
     parser = option.build_parser()
     parser.add_argument("--never_read", type=int, default=3)
-    texts = [path.read_text() for path in project_sources()]
-    assert unread_destinations(parser, texts) == ["never_read"]
-    assert unread_destinations(parser, texts + ["x = args.never_read"]) == []
+    sources = entry_point_sources("main.py")
+    assert unread_destinations(parser, sources) == ["never_read"]
+    assert unread_destinations(parser, sources + ['"""Docstring: args.never_read."""\n']) == ["never_read"]
+    assert unread_destinations(parser, sources + ["x = self.args.never_read"]) == []
+
+
+def test_reachable_code_is_what_the_entry_points_import():
+    main, test = reachable_sources("main.py"), reachable_sources("test.py")
+    names = {str(p.relative_to(ROOT)) for p in main}
+    assert {"trainer.py", "model/training.py", "data/patch_pairs.py", "loss/__init__.py"} <= names
+    assert not any(n.startswith(("scripts/", "tests/")) for n in names)
+    assert ROOT / "trainer.py" not in test and ROOT / "model/evaluation.py" in test
 
 
 def test_test_py_parses_only_what_its_code_reads():
-    """test.py's flags are read by test.py itself or by the builders and policy it calls."""
-    import data
-    import trainer
-    functions = (data.eval_setting, data.test_root, data.hr_images, data.build_test_sets,
-                 data.build_protocol_sets, trainer.inference_policy)
-    texts = [(ROOT / "test.py").read_text()] + [inspect.getsource(f) for f in functions]
-    assert unread_destinations(option.build_test_parser(), texts) == []
     assert {"lr_sr", "epochs_sr", "queue_size", "batch_size", "seed"}.isdisjoint(
         a.dest for a in option.build_test_parser()._actions)
 

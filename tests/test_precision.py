@@ -10,7 +10,7 @@ from model.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from model import precision as precision_module
 from model.inference import predict
 from model.precision import Precision, warn_if_emulated
-from trainer import JOINT, Phase, make_optimizer, set_trainable, training_step
+from model.training import JOINT, Phase, make_optimizer, set_trainable, training_step
 
 CPU = torch.device("cpu")
 PHASE = Phase(JOINT, 1, 1, base_lr=1e-3, step=10, gamma=0.5, origin=0)

@@ -13,30 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import option
 import trainer as trainer_module
 import utility
-from helpers import images, small_filesystem, tiny, tiny_trainer, write_data_root
+from helpers import TINY_RUN_MODEL as TINY_DASR, images, small_filesystem, tiny, tiny_run_args, tiny_trainer
 from loss import build_loss
 from model.checkpoint import read_checkpoint
 from model.parallel import restarted_by_torchrun
-from trainer import ENCODER, Phase, make_optimizer, set_trainable, training_step
+from model.training import ENCODER, Phase, make_optimizer, set_trainable, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_DASR = dict(n_feats=8, n_groups=1, n_blocks=1, embed_dim=16, queue_size=8)
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_data_root(tmp_path_factory.mktemp("data"), [(40, 44)] * 3, [(32, 36)] * 2)
-
-
-def make_args(data_root, save, *extra):
-    argv = (f"--dir_data {data_root} --model DASR --scale 2 --patch_size 8 --batch_size 2 "
-            f"--queue_size 8 --test_every 4 --n_threads 0 --epochs_encoder 1 --epochs_sr 2 "
-            f"--freeze_epoch 3 --data_test Set5 --save {save} --cpu")
-    return option.parse_args(argv.split() + list(extra))
+make_args = tiny_run_args
 
 
 def trainer_for(args, run_dir):

@@ -21,7 +21,7 @@ import option
 import utility
 from data import build_train_loader, build_train_set
 from data.images import ImageError, read_image, write_png
-from data.hr_folder import PatchPairs
+from data.patch_pairs import PatchPairs
 from data import store
 from data.store import StoreError, store_folder, store_sources
 from helpers import write_noise_images
@@ -35,7 +35,7 @@ def prepare_data_command(*argv: str) -> subprocess.CompletedProcess:
 
 def training_args(root: Path, *extra: str):
     return option.parse_args(["--dir_data", str(root), "--data_train", "T", "--preset", "cdsr",
-                              "--scale", "2", "--patch_size", "8", "--batch_size", "4",
+                              "--model", "DASR", "--scale", "2", "--patch_size", "8", "--batch_size", "4",
                               "--test_every", "3", "--noise", "10", "--n_threads", "0",
                               "--queue_size", "8", *extra])
 
@@ -110,7 +110,7 @@ def test_a_fresh_store_is_read_without_decoding(tmp_path, monkeypatch):
     def no_decoding(path):
         raise AssertionError(f"decoded {path}")
     monkeypatch.setattr("data.store.read_image", no_decoding)
-    monkeypatch.setattr("data.hr_folder.read_image", no_decoding)
+    monkeypatch.setattr("data.patch_pairs.read_image", no_decoding)
     again = store_sources([tmp_path / "T"], cache)
     assert {p: p.stat().st_mtime_ns for p in entries(cache)} == written
     corners = [(0, 0), (5, 9)]
@@ -264,7 +264,7 @@ def test_prepare_data_builds_the_store_main_py_reads(tmp_path, monkeypatch):
     assert done.returncode == 0 and "decoded store" in done.stderr
     assert done.stdout.startswith(f"decoded store under {cache}: 2 images, 0.00 GB on disk")
     monkeypatch.setattr("data.store.read_image", None)  # main.py does not decode again
-    args = option.parse_args(["--dir_data", str(tmp_path), "--data_cache", str(cache),
+    args = option.parse_args(["--dir_data", str(tmp_path), "--data_cache", str(cache), "--model", "DASR",
                               "--patch_size", "8", "--n_threads", "0"])
     assert len(build_train_set(args).sources) == 2
 

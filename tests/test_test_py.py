@@ -1,7 +1,6 @@
 """test.py end to end on tiny checkpoints and tiny images: protocol tables, pre-made test sets,
 the authors' checkpoint format, own images (grayscale, RGBA, 16-bit) and one-line errors."""
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 import utility
-from helpers import TINY, tiny
+from helpers import TINY, load_test_py, tiny
 from data.protocols import protocol_settings
 from data.testsets import write_testset
 from model import build_model
@@ -23,15 +22,7 @@ from model.checkpoint import ours_to_authors, save_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_entry_point():
-    """test.py as a module (the name ``test`` is also a standard-library package)."""
-    spec = importlib.util.spec_from_file_location("test_entry_point", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-entry = load_entry_point()
+entry = load_test_py()
 
 
 def run_test_py(argv, cwd):

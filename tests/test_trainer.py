@@ -3,27 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-import option
 from model.checkpoint import read_checkpoint
-from helpers import TINY, tiny, tiny_trainer, write_noise_images
-from trainer import build_phases
-
-TINY_DASR = dict(TINY["dasr"], n_feats=8, queue_size=8)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_noise_images(root / "Train" / "HR", [(48, 52)] * 3, seed=0)
-    write_noise_images(root / "Tiny", [(36, 40)] * 2, seed=1)
-    return root
+from helpers import TINY_RUN_MODEL as TINY_DASR, tiny, tiny_run_args, tiny_trainer
+from model.training import build_phases
 
 
 def make_args(data_root, save, *extra):
-    argv = (f"--dir_data {data_root} --data_train Train --test_path {data_root} --data_test Tiny "
-            f"--model DASR --scale 2 --patch_size 8 --batch_size 2 --queue_size 8 --test_every 2 "
-            f"--n_threads 0 --epochs_encoder 1 --epochs_sr 3 --freeze_epoch 4 --save {save} --cpu")
-    return option.parse_args(argv.split() + list(extra))
+    """The tiny run with 3 SR epochs of 2 iterations: phases encoder 1, joint 2-3, freeze 4."""
+    return tiny_run_args(data_root, save, "--test_every", "2", "--epochs_sr", "3", "--freeze_epoch",
+                         "4", *extra)
 
 
 def run(args, run_dir):
@@ -39,7 +27,7 @@ def test_all_three_phases_run_and_leave_checkpoints(data_root, tmp_path):
     args = make_args(data_root, "a", "--save_models")
     trainer, metrics = run(args, tmp_path)
     assert [p.name for p in trainer.phases] == ["encoder", "joint", "freeze"]
-    assert set(metrics) == {"Tiny"} and np.isfinite(metrics["Tiny"]["psnr"])
+    assert set(metrics) == {"Set5"} and np.isfinite(metrics["Set5"]["psnr"])
     last = read_checkpoint(tmp_path / "checkpoint" / "last.pt")
     assert (last["epoch"], last["phase"], last["model_name"]) == (4, "freeze", "dasr")
     assert {k: last["model_kwargs"][k] for k in TINY_DASR} == TINY_DASR  # test.py rebuilds from these

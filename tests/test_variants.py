@@ -5,7 +5,6 @@ The generic contract (forward shapes, every trainable parameter gets a gradient,
 forward's dict, checkpoint round trip) runs for every variant in test_models.py and
 test_checkpoint.py, through ``TINY``."""
 import argparse
-import importlib.util
 import csv
 import json
 import subprocess
@@ -17,8 +16,8 @@ import torch
 import model
 import option
 import utility
-from data import build_test_sets
-from helpers import TINY, images, tiny, write_data_root
+from data import build_test_sets, build_train_set
+from helpers import TINY, images, load_test_py, tiny
 from loss import build_loss
 from model.dqa import CrossModalAttention, DAFusion
 from model.checkpoint import CheckpointError, load_model, load_weights, read_checkpoint, save_checkpoint
@@ -26,7 +25,8 @@ from model.dasr import DASREncoder
 from model.inference import predict
 from model.lpe import LPEEncoder
 from model.variants import ABLATIONS, PAPER_SWITCHES, variant_names
-from trainer import Trainer, evaluate
+from model.evaluation import evaluate
+from trainer import Trainer
 
 VARIANTS = variant_names()
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,11 +183,6 @@ def test_whole_image_tiling_is_exact_for_every_variant(name):
     assert (tiled - net(x)).abs().max() <= 1e-3
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_data_root(tmp_path_factory.mktemp("data"), [(48, 52)] * 2, [(36, 40)] * 2)
-
-
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
 def test_each_variant_trains_an_epoch_and_scores_through_test_py(data_root, tmp_path, ablation,
                                                                  monkeypatch):
@@ -200,8 +195,8 @@ def test_each_variant_trains_an_epoch_and_scores_through_test_py(data_root, tmp_
     name = f"cdsr-{ablation}"
     net = model.build_model(name, scale=2, **TINY[name])
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    trainer = Trainer(args, net, build_loss(args.loss, args.c_weight), build_test_sets(args),
-                      torch.device("cpu"), tmp_path)
+    trainer = Trainer(args, net, build_loss(args.loss, args.c_weight), build_train_set(args),
+                      build_test_sets(args), torch.device("cpu"), run_dir=tmp_path)
     trainer.fit()
     last = read_checkpoint(tmp_path / "checkpoint" / "last.pt")
     assert (last["model_name"], last["phase"]) == (name, "joint")
@@ -209,12 +204,17 @@ def test_each_variant_trains_an_epoch_and_scores_through_test_py(data_root, tmp_
     assert any(k.startswith("generator.") for k in moved)
     assert any(k.startswith("encoder.query_encoder.") for k in moved)
 
-    test_args = option.parse_args(["--pre_train", str(tmp_path / "checkpoint" / "last.pt"),
-                                   "--model", name.upper(), "--cpu"], test=True)
-    loaded = load_model(test_args.pre_train, "cpu", model_name=test_args.model, scale=test_args.scale)
+    monkeypatch.chdir(tmp_path)
+    test_argv = ["--pre_train", str(tmp_path / "checkpoint" / "last.pt"), "--model", name.upper(),
+                 "--dir_data", str(data_root), "--save", "score", "--cpu"]
+    load_test_py().main(test_argv)
+    table = json.loads((tmp_path / "experiment" / "score" / "results.json").read_text())
+    assert table["model"] == name and table["options"]["model"] == name.upper()
+    scored = next(iter(table["results"].values()))["Set5"]["psnr"]
+    loaded = load_model(tmp_path / "checkpoint" / "last.pt")
     assert loaded.name == name and loaded.hparams == net.hparams
-    scores = evaluate(loaded, build_test_sets(args), torch.device("cpu"))
-    assert torch.isfinite(torch.tensor(scores["Set5"]["psnr"]))
+    test_sets = build_test_sets(option.parse_args(test_argv, test=True), loaded.scale)
+    assert scored == evaluate(loaded, test_sets, torch.device("cpu"))["Set5"]["psnr"]
 
 
 def test_make_model_reads_the_ablation():
@@ -247,9 +247,7 @@ def test_ablation_script_trains_and_scores_every_model_on_one_recipe():
 
 def test_ablation_table_gathers_test_py_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    entry = importlib.util.module_from_spec(
-        spec := importlib.util.spec_from_file_location("test_py_main", ROOT / "test.py"))
-    spec.loader.exec_module(entry)
+    entry = load_test_py()
     runs = []
     for name in ("cdsr-no-csc", "dasr"):
         net = tiny(name, seed=1)

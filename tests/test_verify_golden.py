@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scripts.golden.metrics import REPRODUCED
-from scripts.verify_golden import default_golden_dirs
+from scripts.verify_golden import default_golden_dirs, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "verify_golden.py"
@@ -79,6 +80,13 @@ def test_a_missing_folder_is_one_error_line(tmp_path):
     run = _run(tmp_path / "nowhere")
     assert run.returncode == 2 and run.stdout == ""
     assert len(run.stderr.strip().splitlines()) == 1 and "nowhere" in run.stderr
+
+
+def test_a_bad_flag_is_one_error_line_as_in_every_entry_point(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--threads", "two"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: argument --threads: invalid int value: 'two' (see --help)\n"
 
 
 def test_an_empty_folder_is_not_a_pass(tmp_path):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from data.degradation import FixedDegradation, make_fixed_degradation
 from data.degradation_ops import add_noise, quantize
-from data.images import list_images, read_image, to_tensor
+from data.images import centre_crop, list_images, read_image, to_tensor
 from data.sample_photos import held_out_photos, training_photos
 
 DEFAULT_NOISE = (0.0, 10.0, 20.0)   # 0..255 units
@@ -74,15 +74,6 @@ def default_kernels(scale: int) -> List[Kernel]:
 def grid_degradations(kernels: Sequence[Kernel], noise_levels: Sequence[float]) -> List[GridDegradation]:
     """Every kernel at every noise level, kernel-major."""
     return [GridDegradation(k, i, float(n)) for i, k in enumerate(kernels) for n in noise_levels]
-
-
-def centre_crop(image: Tensor, size: int) -> Tensor:
-    """(3,H,W) -> (3,size,size) around the centre; ValueError if the image is smaller."""
-    h, w = image.shape[-2:]
-    if h < size or w < size:
-        raise ValueError(f"image is {h}x{w}, smaller than the {size}x{size} HR crop")
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[:, top:top + size, left:left + size]
 
 
 def load_images(hr_dir: Optional[Path], hr_size: int) -> Dict[str, Tensor]:

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import model
-import trainer
+from model import training
 from loss import build_loss
 
 from .common import GoldenResult, compare_abs, failure, fill_module, load_golden_weights
 from .train_compare import check_initial_state, compare_iteration, stage_of
 
 INDEX = "train_index.json"
-PHASES = {"joint": trainer.JOINT, "pretrain": trainer.ENCODER}
+PHASES = {"joint": training.JOINT, "pretrain": training.ENCODER}
 ENCODER_PIXEL_SCALE = {"cdsr": 255.0}  # the authors' CDSR encoder-only phase reads 0..255 pixels
 C_WEIGHT = 1.0
 
@@ -96,15 +96,15 @@ def initial_state(golden_dir: Path, name: str, scale: int, queue_size: int | Non
 def run_phase(net: nn.Module, name: str, phase_name: str, lr: float, x: torch.Tensor,
               hr: torch.Tensor, iterations: int):
     """Our trainer's steps on one batch; yields (iteration, outputs, losses, optimizer)."""
-    phase = trainer.Phase(name=PHASES[phase_name], first=1, last=1, base_lr=lr, step=1, gamma=1.0,
+    phase = training.Phase(name=PHASES[phase_name], first=1, last=1, base_lr=lr, step=1, gamma=1.0,
                           origin=0)
-    trainer.set_trainable(net, phase)
-    optimizer = trainer.make_optimizer(net, lr)
+    training.set_trainable(net, phase)
+    optimizer = training.make_optimizer(net, lr)
     criterion = build_loss("1*L1", c_weight=C_WEIGHT)
-    if phase.name == trainer.ENCODER:
+    if phase.name == training.ENCODER:
         x = x * ENCODER_PIXEL_SCALE.get(name, 1.0)
     for iteration in range(1, iterations + 1):
-        step = trainer.training_step(net, x, hr, phase, criterion, optimizer)
+        step = training.training_step(net, x, hr, phase, criterion, optimizer)
         yield iteration, step.outputs, step.losses, optimizer
 
 

@@ -3,9 +3,9 @@ store of ``data.store``, or arrays in memory).
 
 Each item is one image's two patches (query and key) for the contrastive encoder and the random
 parameters of their shared degradation; the degradation itself is applied later, batched on the
-training device (see ``trainer.py``), so workers only crop, flip and draw a few numbers.
+training device (``Trainer.train_epoch``), so workers only crop, flip and draw a few numbers.
 
-An image is an *image source*: its ``name`` (for messages), its ``shape`` (H, W) and
+An image is a *patch source* (``PatchSource``): its ``name`` (for messages), its ``shape`` (H, W) and
 ``windows(corners, size)``, the square uint8 (size, size, 3) RGB windows at the given top-left
 corners. Crop positions depend on the shape alone, so every kind of source of the same picture
 gives the same items.
@@ -24,7 +24,8 @@ from data.images import ImageError, list_images, read_image
 Corner = Tuple[int, int]  # (top, left)
 
 
-class ImageSource(Protocol):
+class PatchSource(Protocol):
+    """What training patches are cut from (see the module docstring)."""
     name: str
     shape: Tuple[int, int]
 
@@ -131,7 +132,7 @@ class PatchPairs(Dataset):
     batch it lands in, nor on the kind of source.
     """
 
-    def __init__(self, sources: Sequence[Union[ImageSource, np.ndarray]], hr_patch_size: int,
+    def __init__(self, sources: Sequence[Union[PatchSource, np.ndarray]], hr_patch_size: int,
                  length: int, augment: bool = True, names: Sequence[str] = (), seed: int = 0,
                  degradation: Optional[Callable] = None, lr_patch_size: int = 0) -> None:
         if not sources:
