@@ -57,12 +57,6 @@ KDSR_STAGE4_ISO_M = (f"{_KDSR_ISO} --epochs_sr 600 --lr_decay_sr 150 --data_test
                      "--pre_train_TA=\"experiment/KDSRsMx4_iso_stage3_x4_bicubic_iso/model/model_TA_last.pt\" "
                      "--pre_train_ST=\"experiment/KDSRsMx4_iso_stage3_x4_bicubic_iso/model/model_TA_last.pt\" "
                      "--lr_encoder 2e-4 --patch_size 64 --batch_size 64 --resume 0")
-KDSR_STAGE4_ISO_L = (f"{_KDSR_ISO} --epochs_sr 600 --lr_decay_sr 150 --data_test Set14 --st_save_epoch 0 "
-                     "--data_train DF2K --save 'KDSRsLx4_iso_stage4' "
-                     "--pre_train_TA=\"experiment/KDSRsLx4_iso_stage3_x4_bicubic_iso/model/model_TA_last.pt\" "
-                     "--pre_train_ST=\"experiment/KDSRsLx4_iso_stage3_x4_bicubic_iso/model/model_TA_last.pt\" "
-                     "--lr_encoder 2e-4 --patch_size 64 --batch_size 64 --resume 0 --n_feats 128 "
-                     "--n_blocks 28 --n_resblocks 5")
 KDSR_STAGE4_ANISO = ("main.py --dir_data='DIR' --model='blindsr' --scale='4' --blur_type='aniso_gaussian' "
                      "--noise=25.0 --lambda_min=0.2 --lambda_max=4.0 --lambda_1 4.0 --lambda_2 1.5 --theta 120 "
                      "--n_GPUs=4 --epochs_encoder 100 --epochs_sr 500 --data_test Set14 --st_save_epoch 495 "
@@ -81,7 +75,6 @@ AUTHORS_FILES = {  # (model, scale) of the checkpoints the commands load
     "experiment/KDSRsL_iso_x4.pt": ("kdsr-s-l", 4),
     "experiment/KDSRsM_anisonoise_x4.pt": ("kdsr-s-m", 4),
     "experiment/KDSRsMx4_iso_stage3_x4_bicubic_iso/model/model_TA_last.pt": ("kdsr-t-m", 4),
-    "experiment/KDSRsLx4_iso_stage3_x4_bicubic_iso/model/model_TA_last.pt": ("kdsr-t-l", 4),
     "experiment/KDSRsMx4_anisonoise_stage3_x4_bicubic_aniso/model/model_TA_last.pt": ("kdsr-t-m", 4),
 }
 
@@ -193,7 +186,6 @@ def test_kdsr_stage3_line_trains_the_teacher(workspace):
 
 @pytest.mark.parametrize("command, save, name, phases", [
     (KDSR_STAGE4_ISO_M, "KDSRsMx4_iso_stage4", "kdsr-s-m", ["distill"]),
-    (KDSR_STAGE4_ISO_L, "KDSRsLx4_iso_stage4", "kdsr-s-l", ["distill"]),
     (f"{KDSR_STAGE4_ANISO} --epochs_encoder 1", "KDSRsMx4_anisonoise_stage4", "kdsr-s-m",
      ["kd_encoder", "distill"])])
 def test_kdsr_stage4_lines_distil_the_teacher_they_name(workspace, command, save, name, phases):
