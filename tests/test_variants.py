@@ -205,14 +205,17 @@ def test_each_variant_trains_an_epoch_and_scores_through_test_py(data_root, tmp_
     assert any(k.startswith("encoder.query_encoder.") for k in moved)
 
     monkeypatch.chdir(tmp_path)
-    load_test_py().main(["--pre_train", str(tmp_path / "checkpoint" / "last.pt"), "--model", name.upper(),
-                         "--dir_data", str(data_root), "--save", "score", "--cpu"])
+    test_argv = ["--pre_train", str(tmp_path / "checkpoint" / "last.pt"), "--model", name.upper(),
+                 "--dir_data", str(data_root), "--save", "score", "--cpu"]
+    load_test_py().main(test_argv)
     table = json.loads((tmp_path / "experiment" / "score" / "results.json").read_text())
     assert table["model"] == name and table["options"]["model"] == name.upper()
     scored = next(iter(table["results"].values()))["Set5"]["psnr"]
     loaded = load_model(tmp_path / "checkpoint" / "last.pt")
     assert loaded.name == name and loaded.hparams == net.hparams
-    assert scored == evaluate(loaded, build_test_sets(args), torch.device("cpu"))["Set5"]["psnr"]
+    # test.py's fixed degradation (its defaults), not this run's validation (the cdsr preset's)
+    test_sets = build_test_sets(option.parse_args(test_argv, test=True), loaded.scale)
+    assert scored == evaluate(loaded, test_sets, torch.device("cpu"))["Set5"]["psnr"]
 
 
 def test_make_model_reads_the_ablation():
