@@ -1,8 +1,10 @@
 """Checkpoints in our format: atomic saving, safe reading, strict loading, ``load_model``.
 
 Our format is a dict ``{'format': 'cdsr-framework/1', 'model_name', 'scale', 'model' (our
-state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs'}`` saved with
-``torch.save`` (files written before 'model_kwargs' existed lack it: read it with ``.get``);
+state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs', 'progress',
+'model_ema'}`` saved with ``torch.save`` (files written before 'model_kwargs' existed lack it:
+read it with ``.get``); 'model_ema', when not None, is the state dict of the moving average of
+the weights a run with --ema_decay kept (``model/ema.py``), which ``load_model`` loads by default;
 everything in it must load with ``weights_only=True`` (tensors, numbers, strings, lists, dicts).
 
 ``load_weights`` and ``load_model`` also take the authors' raw state dicts (their key map and
@@ -32,13 +34,13 @@ from .authors_format import (authors_constants, authors_to_ours, map_authors_key
 
 __all__ = ["FORMAT", "OUR_FIELDS", "CheckpointError", "detect_format", "describe", "atomic_torch_save",
            "save_checkpoint", "read_checkpoint", "strip_wrapper_prefixes", "load_state_strict",
-           "checkpoint_identity", "load_weights",
+           "checkpoint_identity", "load_weights", "has_ema", "with_weights",
            "load_model", "authors_constants", "authors_to_ours", "map_authors_key", "map_our_key",
            "ours_to_authors", "infer_authors_model"]
 
 FORMAT = "cdsr-framework/1"
 OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch", "phase", "config",
-              "model_kwargs", "progress")
+              "model_kwargs", "progress", "model_ema")
 _REQUIRED_FIELDS = ("model_name", "scale", "model")
 _QUERY_ENCODER = "encoder.query_encoder."
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DataParallel / DDP, torch.compile
@@ -294,13 +296,32 @@ def _load_opened(model: nn.Module, checkpoint: dict, label: str) -> str:
     return fmt
 
 
+def has_ema(checkpoint: dict) -> bool:
+    """Whether a loaded checkpoint holds a moving average of its weights (``model_ema``)."""
+    return isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_ema"), dict)
+
+
+def with_weights(checkpoint: dict, ema: bool, label: str = "checkpoint") -> dict:
+    """``checkpoint`` whose ``model`` is its moving average when ``ema`` and it holds one (said
+    in the log), else ``checkpoint`` itself (the trained weights)."""
+    if not (ema and has_ema(checkpoint)):
+        return checkpoint
+    log.info(f"{label}: using the moving average of the weights (--ema_decay), not the trained "
+             "weights (test.py --no_ema)")
+    return {**checkpoint, "model": checkpoint["model_ema"]}
+
+
 def load_model(source: Source, device: Union[str, torch.device] = "cpu", *,
-               model_name: Optional[str] = None, scale: Optional[int] = None) -> nn.Module:
+               model_name: Optional[str] = None, scale: Optional[int] = None,
+               ema: bool = True) -> nn.Module:
     """The model a checkpoint (path, or loaded: ours or the authors') holds, with its weights,
     on ``device`` in eval mode. Its name and scale (and for our files the constructor keywords
     ``model_kwargs``, e.g. a small model's widths) come from the file; ``model_name`` and
-    ``scale``, when given, must agree (CheckpointError otherwise)."""
+    ``scale``, when given, must agree (CheckpointError otherwise). ``ema``: a file that holds a
+    moving average of the weights (--ema_decay) gives the average; False: the trained weights.
+    A file without one (the authors', or a run without --ema_decay) gives its weights either way."""
     checkpoint, label = _opened(source)
+    checkpoint = with_weights(checkpoint, ema, label)
     fmt, name, found = checkpoint_identity(checkpoint, label)
     wanted = (canonical_name(model_name or name), found if scale is None else int(scale))
     if wanted != (name, found):
