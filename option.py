@@ -336,15 +336,20 @@ def test_command(argv: List[str]) -> Tuple[List[str], List[str]]:
     testing = build_test_parser()._option_string_actions
     kept: List[str] = []
     dropped: List[str] = []
-    tokens = iter(argv)
-    for token in tokens:
+    position = 0
+    while position < len(argv):
+        token = argv[position]
+        position += 1
         flag = token.split("=", 1)[0]
         if not flag.startswith("--") or flag in testing or flag not in training:
             kept.append(token)                         # test.py says what it does not know
             continue
         dropped.append(flag)
-        if "=" not in token and training[flag].nargs is None:     # its value is the next token
-            next(tokens, None)
+        nargs = training[flag].nargs
+        follows = argv[position] if position < len(argv) else None
+        if "=" not in token and (nargs is None or (nargs == "?" and follows is not None
+                                                   and not follows.startswith("-"))):
+            position += 1                              # its value is the next token
     return kept, dropped
 
 
