@@ -27,7 +27,7 @@ from data import build_train_loader, epoch_seed
 from data.eval_set import EvalSet
 from data.patch_pairs import PatchPairs
 from data.run_records import RunRecords
-from data.tensorboard_log import TensorBoardLog
+from data.tensorboard_log import TensorBoardLog, summary_writer_class
 from model.checkpoint import load_weights, rng_states, set_rng_states
 from model.codebook_health import CodebookMonitor, CollapseWatch, query_codebook
 from model.ema import WeightEMA, averaging_note
@@ -87,6 +87,8 @@ class Trainer:
         self.bad_steps = 0                      # consecutive steps with non-finite values
         self.records = RunRecords(self.run_dir, getattr(criterion, "names", ()))
         self.board = TensorBoardLog(self.run_dir / "tensorboard", enabled=False)  # opened by fit
+        if args.use_tb_logger and group.is_main:
+            summary_writer_class()              # a missing package stops the run before it starts
         self.ema = WeightEMA(model, args.ema_decay) if args.ema_decay else None
         codebook = query_codebook(model)
         self.codebook = CodebookMonitor(codebook) if codebook is not None else None

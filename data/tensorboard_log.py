@@ -40,11 +40,7 @@ class TensorBoardLog:
         self.writer = None
         if not enabled:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise ValueError(f"--use_tb_logger needs the tensorboard package ({error}): pip "
-                             "install tensorboard, or pass --use_tb_logger false") from error
+        SummaryWriter = summary_writer_class()
         try:
             self.writer = SummaryWriter(str(self.folder), purge_step=purge_step, flush_secs=60)
         except OSError as error:
@@ -90,6 +86,17 @@ class TensorBoardLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``; ValueError saying what to do when the
+    tensorboard package is missing (checked before a run writes anything)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ValueError(f"--use_tb_logger needs the tensorboard package ({error}): pip install "
+                         "tensorboard, or pass --use_tb_logger false") from error
+    return SummaryWriter
 
 
 def side_by_side(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray) -> np.ndarray:

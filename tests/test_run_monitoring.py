@@ -1,14 +1,16 @@
 """What a run shows while it trains, on plain values: TensorBoard events (read back as
 TensorBoard reads them, with a resumed run's purge), losses.png, the contrastive accuracy."""
 import csv
+import sys
 
 import numpy as np
+import pytest
 import torch
 
 import option
 from data.run_records import LOSS_FIELDS, RunRecords
 from data.tensorboard_log import GAP, TensorBoardLog, side_by_side
-from helpers import read_events
+from helpers import read_events, tiny_run_args, tiny_trainer
 from model.training import contrastive_accuracy
 
 def test_a_resumed_log_purges_what_the_killed_run_wrote_after_its_checkpoint(tmp_path):
@@ -97,3 +99,14 @@ def test_a_losses_csv_of_an_earlier_version_gets_the_new_column_when_resumed(tmp
     rows = list(csv.DictReader(open(tmp_path / "losses.csv")))
     assert [(r["iteration"], r["L1"], r["contrastive_accuracy"]) for r in rows] == [
         ("1", "2.0", ""), ("2", "1.5", "0.25")]
+
+
+def test_without_the_tensorboard_package_the_run_says_what_to_do(data_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)     # import fails
+    with pytest.raises(ValueError, match="pip install tensorboard, or pass --use_tb_logger false"):
+        TensorBoardLog(tmp_path / "tb", enabled=True)
+    with pytest.raises(ValueError, match="--use_tb_logger needs the tensorboard package"):
+        tiny_trainer(tiny_run_args(data_root, "tb"), tmp_path / "run")   # before the run starts
+    assert not (tmp_path / "tb").exists() and not (tmp_path / "run").exists()
+    TensorBoardLog(tmp_path / "tb", enabled=False)                         # not needed when off
+    tiny_trainer(tiny_run_args(data_root, "tb", "--use_tb_logger", "false"), tmp_path / "run")
