@@ -31,9 +31,11 @@ untimed step; independent of how glibc keeps or returns freed pages.
 
 With ``--ema_decay D`` every precision also runs as ``<precision>+ema``: the same step followed
 by the update of a moving average of the weights (``model.ema.WeightEMA``, what main.py
---ema_decay does after every step), in the same rounds; the column "vs no EMA" is its time over
-the same precision's without, its resting memory includes the average's copy of the weights,
-and its losses equal the plain mode's (the average does not change training).
+--ema_decay does after every step), in the same rounds; the column "vs no EMA" is its step time over
+the same precision's without (on a busy machine the noise of whole steps can exceed the
+update), "EMA update ms" the median time of the update alone (timed inside the step) and
+"update / step" its share of the plain step; its resting memory includes the average's copy of
+the weights, and its losses equal the plain mode's (the average does not change training).
 
 Precisions: CPU fp32 and bf16 (``tf32`` is fp32 on a CPU); fp16 only if the CPU has native
 float16 arithmetic (its matmul rate is probed; emulated fp16 runs 20-100x slower) or when
@@ -101,6 +103,7 @@ class Mode:
         set_trainable(self.net, phase)
         self.optimizer = make_optimizer(self.net, lr)
         self.ema = WeightEMA(self.net, ema_decay) if ema_decay else None
+        self.ema_samples: List[Dict[str, float]] = []         # the updates alone
         self.precision = Precision(precision, device)
         self.samples: List[Dict[str, float]] = []
         self.losses: List[Dict[str, float]] = []
@@ -146,7 +149,7 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
             result = training_step(mode.net, lr, hr[:, 0], phase, criterion, mode.optimizer,
                                    precision=mode.precision)
             if mode.ema is not None and result.applied:
-                mode.ema.update(mode.net)
+                mode.ema_samples.append(timed(lambda: mode.ema.update(mode.net), device))
             mode.losses.append(result.reported)
         return run
 
@@ -191,6 +194,7 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
             **{f"{how}_gflops": rate for how, rate in gemm.items()},
             "matmul_fraction": flops / 1e9 / wall / matmul_rate,
             "losses": mode.losses[:rounds],
+            "ema_update_ms": 1000 * median(mode.ema_samples, "wall") if mode.ema_samples else 0.0,
         })
     reference = next((r for r in rows if r["precision"] == "fp32"), rows[0])
     plain = {r["precision"]: r for r in rows}
@@ -199,6 +203,7 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
         without = plain[row["precision"].split("+")[0]]          # the same precision, no EMA
         row["time_vs_no_ema"] = row["ms_per_step"] / without["ms_per_step"]
         row["resting_vs_no_ema"] = row["resting_mib"] / without["resting_mib"]
+        row["update_share"] = row["ema_update_ms"] / without["ms_per_step"]
         row["memory_vs_fp32"] = row["step_peak_mib"] / reference["step_peak_mib"]
         row["loss_rel_diff"] = max_relative_difference(row["losses"], reference["losses"])
     return rows
@@ -234,8 +239,9 @@ COLUMNS = (("model", "{}"), ("precision", "{}"), ("ms/step", "{:.0f}"), ("fastes
 KEYS = ("model", "precision", "ms_per_step", "min_ms_per_step", "items_per_s", "time_vs_fp32",
         "step_peak_mib", "memory_vs_fp32", "gflop_per_step", "gflops", "matmul_gflops",
         "matmul_fraction", "loss_rel_diff")
-EMA_COLUMNS = (("vs no EMA", "{:.3f}"), ("resting MiB", "{:.0f}"), ("resting vs no EMA", "{:.2f}"))
-EMA_KEYS = ("time_vs_no_ema", "resting_mib", "resting_vs_no_ema")
+EMA_COLUMNS = (("vs no EMA", "{:.3f}"), ("EMA update ms", "{:.1f}"), ("update / step", "{:.2%}"),
+               ("resting MiB", "{:.0f}"), ("resting vs no EMA", "{:.2f}"))
+EMA_KEYS = ("time_vs_no_ema", "ema_update_ms", "update_share", "resting_mib", "resting_vs_no_ema")
 
 
 def build_parser() -> argparse.ArgumentParser:
