@@ -66,6 +66,7 @@ def plot_losses(path: Union[str, Path], losses: Dict[str, Sequence[float]],
     x = np.arange(1, n + 1)
     window = max(1, n // 50)
     bounds = [start - 1 for start, _ in phases if start > 1] + [n]
+    points = dict(marker="o", markersize=2) if n <= 100 else {}     # a short run: each step seen
 
     def smooth(y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
         """(x, y) smoothed within each phase, a NaN between phases (the line breaks there)."""
@@ -84,7 +85,7 @@ def plot_losses(path: Union[str, Path], losses: Dict[str, Sequence[float]],
             at, curve = smooth(y)
             curve[curve <= 0] = np.nan                       # not drawable on a log axis
             if not np.isnan(curve).all():
-                top.plot(at, curve, label=name, linewidth=1.2)
+                top.plot(at, curve, label=name, linewidth=1.2, **points)
         top.set_yscale("log")
         top.set_ylabel(f"loss (mean of {window} it.)" if window > 1 else "loss")
         top.legend(fontsize=8)
@@ -93,7 +94,7 @@ def plot_losses(path: Union[str, Path], losses: Dict[str, Sequence[float]],
         if accuracy is not None:
             bottom = axes[1][0]
             at, curve = smooth(accuracy)
-            bottom.plot(at, 100 * curve, color="tab:green")
+            bottom.plot(at, 100 * curve, color="tab:green", **points)
             bottom.set_ylabel("contrastive top-1 (%)")
             bottom.set_ylim(0, 100)
         for row in axes:
@@ -102,10 +103,13 @@ def plot_losses(path: Union[str, Path], losses: Dict[str, Sequence[float]],
             for start, name in phases:
                 if start > 1:
                     ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=0.8)
+        top.set_xlim(0.5, n + 0.5)
         for start, name in phases:
-            top.annotate(name, (start - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                         textcoords="offset points", fontsize=8, color="grey",
-                         bbox=dict(facecolor="white", edgecolor="none", pad=1))
+            label = top.annotate(name, (start - 0.5, 1), xycoords=("data", "axes fraction"),
+                                 xytext=(3, -12), textcoords="offset points", fontsize=8,
+                                 color="grey", bbox=dict(facecolor="white", edgecolor="none", pad=1))
+            label.set_clip_on(True)           # inside the axes: a short phase's name is cut
+            label.set_in_layout(False)
         axes[-1][0].set_xlabel("iteration")
 
 

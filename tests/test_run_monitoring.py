@@ -2,6 +2,7 @@
 TensorBoard reads them, with a resumed run's purge), losses.png, the contrastive accuracy."""
 import csv
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +86,11 @@ def test_losses_png_is_drawn_with_or_without_an_accuracy(tmp_path):
     write_losses(plain, [("freeze", 30)])
     plain.plot_losses("KDSR")
     assert (tmp_path / "b/losses.png").is_file()
+    one = RunRecords(tmp_path / "c", ("L1",))        # a run of one iteration: laid out, no warning
+    write_losses(one, [("encoder", 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one.plot_losses("DASR x2")
 
 
 def test_a_losses_csv_of_an_earlier_version_gets_the_new_column_when_resumed(tmp_path):
