@@ -49,10 +49,11 @@ def _add_switch(g, flag: str, help: str, default: bool = False) -> None:
 
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every entry point and script: a bad flag ends with one line,
-    ``error: ...``, and exit status 2 (as ``utility.run_cli`` reports every other bad input)."""
+    ``error: ...``, and exit status 2 (as ``utility.run_cli`` reports every other bad input).
+    Under torchrun every process parses the same command line: rank 0 alone prints the line."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {message} (see --help)\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 class _AcceptedOnly(argparse.Action):

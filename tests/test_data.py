@@ -60,7 +60,7 @@ def test_training_folder_layouts(tmp_path):
 
 def test_loader_is_seeded(tmp_path):
     write_noise_images(tmp_path / "T", [(60, 60), (50, 70)])
-    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
+    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --model DASR --scale 2 --patch_size 8 "
                              "--batch_size 2 --test_every 3 --n_threads 0 --queue_size 8".split())
     dataset = build_train_set(args)
     first = [b["hr"] for b in build_train_loader(args, dataset, seed=1)]
@@ -77,7 +77,7 @@ def test_more_workers_than_cpus_are_capped_and_said_once(tmp_path, caplog):
     import data
     write_noise_images(tmp_path / "T", [(60, 60)])
     many = data.available_cpus() + 3
-    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --scale 2 --patch_size 8 "
+    args = option.parse_args(f"--dir_data {tmp_path} --data_train T --model DASR --scale 2 --patch_size 8 "
                              f"--batch_size 2 --test_every 1 --n_threads {many} --queue_size 8".split())
     with caplog.at_level("INFO", logger="cdsr"):
         loader = build_train_loader(args, build_train_set(args), seed=1)

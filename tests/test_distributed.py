@@ -373,5 +373,5 @@ def test_a_batch_that_does_not_split_is_one_error_line(data_root, tmp_path):
     assert bad.returncode != 0
     lines = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert lines == ["error: --batch_size 3 (the global batch) is not divisible by the 2 processes; "
-                     "choose a multiple of 2"]
+                     "choose a multiple of 2 (see --help)"]
     assert not (tmp_path / "experiment" / "bad").exists()

@@ -35,7 +35,7 @@ def prepare_data_command(*argv: str) -> subprocess.CompletedProcess:
 
 def training_args(root: Path, *extra: str):
     return option.parse_args(["--dir_data", str(root), "--data_train", "T", "--preset", "cdsr",
-                              "--scale", "2", "--patch_size", "8", "--batch_size", "4",
+                              "--model", "DASR", "--scale", "2", "--patch_size", "8", "--batch_size", "4",
                               "--test_every", "3", "--noise", "10", "--n_threads", "0",
                               "--queue_size", "8", *extra])
 
@@ -264,7 +264,7 @@ def test_prepare_data_builds_the_store_main_py_reads(tmp_path, monkeypatch):
     assert done.returncode == 0 and "decoded store" in done.stderr
     assert done.stdout.startswith(f"decoded store under {cache}: 2 images, 0.00 GB on disk")
     monkeypatch.setattr("data.store.read_image", None)  # main.py does not decode again
-    args = option.parse_args(["--dir_data", str(tmp_path), "--data_cache", str(cache),
+    args = option.parse_args(["--dir_data", str(tmp_path), "--data_cache", str(cache), "--model", "DASR",
                               "--patch_size", "8", "--n_threads", "0"])
     assert len(build_train_set(args).sources) == 2
 

@@ -213,7 +213,6 @@ def test_each_variant_trains_an_epoch_and_scores_through_test_py(data_root, tmp_
     scored = next(iter(table["results"].values()))["Set5"]["psnr"]
     loaded = load_model(tmp_path / "checkpoint" / "last.pt")
     assert loaded.name == name and loaded.hparams == net.hparams
-    # test.py's fixed degradation (its defaults), not this run's validation (the cdsr preset's)
     test_sets = build_test_sets(option.parse_args(test_argv, test=True), loaded.scale)
     assert scored == evaluate(loaded, test_sets, torch.device("cpu"))["Set5"]["psnr"]
 
