@@ -64,15 +64,15 @@ def build_network(args, device: torch.device) -> nn.Module:
 
 
 def report(trainer: Trainer, metrics: Dict[str, Dict[str, float]]) -> None:
-    """The final scores beside MATLAB bicubic upscaling, the final model's SR images of the
-    validation sets in the run folder's results/ and a figure of bicubic | SR | HR crops per set
+    """The final scores beside MATLAB bicubic upscaling, the final model's (with --ema_decay:
+    the moving average's) SR images of the validation sets in the run folder's results/ and a figure of bicubic | SR | HR crops per set
     in figures/, named in the last line printed."""
     minutes = trainer.clock.elapsed() / 60
     for name, m in metrics.items():
         print(f"{name}: PSNR {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}; bicubic (MATLAB) upscaling of the "
               f"same LR: {m['bicubic_psnr']:.2f} dB / {m['bicubic_ssim']:.4f} ({minutes:.1f} min)")
     run_dir = trainer.run_dir
-    evaluate(trainer.final_model, trainer.test_sets, trainer.device, save_dir=run_dir / "results",
+    evaluate(trainer.scored_model(), trainer.test_sets, trainer.device, save_dir=run_dir / "results",
              **inference_policy(trainer.args))
     figures = [plot_set_comparison(run_dir / "figures" / f"compare_{s.name}.png", s, run_dir / "results")
                for s in trainer.test_sets]

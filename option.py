@@ -65,9 +65,9 @@ def _boolean(text: str) -> bool:
     return value
 
 
-def _add_switch(g, flag: str, help: str) -> None:
+def _add_switch(g, flag: str, help: str, default: bool = False) -> None:
     """A switch that also takes an explicit value: ``--flag``, ``--flag true``, ``--flag False``."""
-    g.add_argument(flag, nargs="?", const=True, default=False, type=_boolean, metavar="BOOL", help=help)
+    g.add_argument(flag, nargs="?", const=True, default=default, type=_boolean, metavar="BOOL", help=help)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--c_weight", type=float, default=1.0, help="weight of the contrastive loss")
     g.add_argument("--test_every", type=int, default=50, help="iterations per epoch")
     g.add_argument("--print_every", type=int, default=10, help="iterations between log lines")
+    g.add_argument("--ema_decay", type=float, default=0.0,
+                   help="also keep an exponential moving average of the weights, updated after "
+                        "every step with this decay (BasicSR's usual 0.999 averages ~1000 steps: "
+                        "for long runs), validated, kept in best.pt and scored by test.py; 0 = off")
     g.add_argument("--max_bad_steps", type=int, default=20,
                    help="a step whose loss or gradients are not finite is skipped; this many in "
                         "a row stop the run (the last checkpoint stays intact). fp16: the gradient "
@@ -208,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "written with the same options, else start afresh: for a command that a "
                         "scheduler reruns (requeue); automatic when torchrun restarts the job")
     g.add_argument("--save_models", action="store_true", help="keep a checkpoint of every epoch")
+    _add_switch(g, "--use_tb_logger", "write TensorBoard event files to experiment/SAVE/tensorboard/ "
+                "(losses, lr, contrastive accuracy, timing, codebook usage, validation, crops); "
+                "--use_tb_logger false: none", default=True)
+    g.add_argument("--tb_image_every", type=int, default=10,
+                   help="with --use_tb_logger: LR | SR | HR crops of the first validation images "
+                        "every N epochs and after the last (0: never)")
     _add_inference_flags(p)
     return p
 
@@ -325,6 +335,9 @@ def build_test_parser() -> argparse.ArgumentParser:
                    help="score on this many CUDA devices, one image per device (the CPU: one)")
     g.add_argument("--test_only", action=_AcceptedSwitch,
                    help="accepted for the authors' test.sh (test.py only tests)")
+    g.add_argument("--no_ema", action="store_true",
+                   help="score the trained weights of a checkpoint that also holds a moving "
+                        "average of them (main.py --ema_decay), instead of the average")
 
     g = p.add_argument_group("benchmark sets")
     g.add_argument("--dir_data", default=None, help="where the default --test_path is found (see it)")
@@ -439,15 +452,20 @@ def test_command(argv: List[str]) -> Tuple[List[str], List[str]]:
     testing = build_test_parser()._option_string_actions
     kept: List[str] = []
     dropped: List[str] = []
-    tokens = iter(argv)
-    for token in tokens:
+    position = 0
+    while position < len(argv):
+        token = argv[position]
+        position += 1
         flag = token.split("=", 1)[0]
         if not flag.startswith("--") or flag in testing or flag not in training:
             kept.append(token)                         # test.py says what it does not know
             continue
         dropped.append(flag)
-        if "=" not in token and training[flag].nargs is None:     # its value is the next token
-            next(tokens, None)
+        nargs = training[flag].nargs
+        follows = argv[position] if position < len(argv) else None
+        if "=" not in token and (nargs is None or (nargs == "?" and follows is not None
+                                                   and not follows.startswith("-"))):
+            position += 1                              # its value is the next token
     return kept, dropped
 
 
@@ -470,9 +488,12 @@ def validate(args: argparse.Namespace) -> None:
                  "temperature"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("c_weight", "sig_min", "lambda_min", "kd_weight", "epochs_teacher"):
+    for name in ("c_weight", "sig_min", "lambda_min", "kd_weight", "epochs_teacher", "tb_image_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not 0 <= args.ema_decay < 1:
+        raise ValueError(f"--ema_decay must be in [0, 1) (0: no moving average; 0.999 is the usual "
+                         f"choice for long runs), got {args.ema_decay}")
     if args.sig_min > args.sig_max:
         raise ValueError(f"--sig_min {args.sig_min} is larger than --sig_max {args.sig_max}")
     if args.lambda_min > args.lambda_max:

@@ -9,7 +9,8 @@ Scoring goes through ``model.evaluation.evaluate``, the loop training validation
 ``data.build_test_sets`` (one fixed degradation, as validation) or ``data.build_protocol_sets``
 (every setting of a protocol, generated or read from ``--testsets``). Tables (rows = settings,
 columns = datasets) are printed and written to ``experiment/<save>/results.{md,csv,json}``;
---save_results adds the SR images and figures.
+--save_results adds the SR images and figures. A checkpoint of a run with --ema_decay is scored
+with its moving average of the weights (the log says so); --no_ema scores its trained weights.
 """
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     utility.setup_logging()
     device = utility.select_device(args.cpu)
     checkpoint, results_folder = checkpoint_and_results_folder(args)
-    model = load_model(checkpoint, device, model_name=args.model, scale=args.scale)
+    model = load_model(checkpoint, device, model_name=args.model, scale=args.scale, ema=not args.no_ema)
     check_widths(model, args, checkpoint)
     if args.input:
         if args.n_GPUs > 1:

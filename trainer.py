@@ -7,15 +7,17 @@ the Adam optimizer over exactly the parameters that phase trains (and the DDP wr
 registers gradients at construction) and is logged once.
 The phase vocabulary and the training step live in ``model/training.py``, validation's
 evaluation loop in ``model/evaluation.py``, the run's checkpoint files in
-``model/run_checkpoints.py``, its CSV records and PSNR curve in ``data/run_records.py``.
+``model/run_checkpoints.py``, its CSV records and curves in ``data/run_records.py``, its
+TensorBoard events in ``data/tensorboard_log.py``, the moving average of the weights
+(--ema_decay) in ``model/ema.py`` and the CSC codebook's health in ``model/codebook_health.py``.
 """
 import argparse
 import math
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence
+from typing import ContextManager, Dict, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,12 +28,16 @@ from data import build_train_loader, epoch_seed
 from data.eval_set import EvalSet
 from data.patch_pairs import PatchPairs
 from data.run_records import RunRecords
-from model.checkpoint import rng_states, set_rng_states
+from data.tensorboard_log import TensorBoardLog, summary_writer_class
+from model.checkpoint import averaged_weights, load_weights, rng_states, set_rng_states
+from model.codebook_health import CodebookMonitor, CollapseWatch, query_codebook
+from model.ema import WeightEMA, averaging_note
 from model.evaluation import evaluate, inference_policy
 from model.parallel import (ProcessGroup, any_process, barrier, close_process_group,
                             data_parallel_devices, init_process_group, max_over_processes,
                             restarted_by_torchrun, wrap)
 from model.precision import Precision
+from model.previews import validation_crops
 from model.run_checkpoints import ResumePoint, RunCheckpoints
 from model.training import (Phase, StepResult, begin_phase, build_phases, evaluated_model,
                             make_optimizer, phase_of, phases_summary, set_trainable, training_step)
@@ -43,10 +49,13 @@ class Trainer:
 
     Under torchrun every process trains its share of each global batch; rank 0 alone
     validates and writes the run folder while the others wait. The run folder gets
-    ``psnr.csv``/``psnr.png`` (validation per epoch), ``losses.csv`` (the global batch's losses
-    of every iteration) and ``checkpoint/last.pt``, rewritten atomically after every epoch (and
-    mid-epoch when a scheduler's signal stops the run), so a killed run resumes (``--resume``,
-    or ``--auto_resume`` when the command is simply run again) with the same data stream.
+    ``psnr.csv``/``psnr.png`` (validation per epoch), ``losses.csv``/``losses.png`` (the
+    global batch's losses of every iteration), ``tensorboard/`` (--use_tb_logger) and
+    ``checkpoint/last.pt``, rewritten atomically after every epoch (and mid-epoch when a
+    scheduler's signal stops the run), so a killed run resumes (``--resume``, or
+    ``--auto_resume`` when the command is simply run again) with the same data stream.
+    With --ema_decay the moving average of the weights (``ema``) is what is validated, kept
+    in best.pt and returned as the final scores (``scored_model``).
     """
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, criterion: nn.Module,
@@ -81,12 +90,30 @@ class Trainer:
         self.best_psnr = -math.inf
         self.bad_steps = 0                      # consecutive steps with non-finite values
         self.records = RunRecords(self.run_dir, getattr(criterion, "names", ()))
+        self.board = TensorBoardLog(self.run_dir / "tensorboard", enabled=False)  # opened by fit
+        if args.use_tb_logger and group.is_main:
+            summary_writer_class()              # a missing package stops the run before it starts
+        self.ema = WeightEMA(model, args.ema_decay) if args.ema_decay else None
+        codebook = query_codebook(model)
+        self.codebook = CodebookMonitor(codebook) if codebook is not None else None
+        self.collapse = CollapseWatch()
         self.clock = utility.Timer()
 
     @property
     def final_model(self) -> nn.Module:
         """The network the run delivers and its final scores are of (a KDSR pair's student)."""
         return evaluated_model(self.model, self.phases[-1])
+
+    def scored_model(self, phase: Optional[Phase] = None) -> nn.Module:
+        """What validation in ``phase`` (default: the last), best.pt and the final scores use:
+        the network the phase evaluates (``evaluated_model``: a KDSR pair's teacher in its phase,
+        else its student), of the moving average of the weights with --ema_decay."""
+        source = self.ema.module if self.ema is not None else self.model
+        return evaluated_model(source, phase or self.phases[-1])
+
+    def global_step(self, epoch: int, iteration: int) -> int:
+        """Iteration ``iteration`` of ``epoch`` counted over the whole run (TensorBoard's step)."""
+        return (epoch - 1) * self.args.test_every + iteration
 
     def parallel_devices(self, n_gpus: int, device: torch.device) -> Sequence[int]:
         """CUDA devices for DataParallel (none under torchrun: one process per device)."""
@@ -121,6 +148,8 @@ class Trainer:
         started = begin_phase(self.model, phase) if fresh else None
         if started:
             self.log.info(started)
+            if self.ema is not None:    # the weights jumped: the average starts again from them
+                self.ema.reset(self.model)
         set_trainable(self.model, phase)
         self.optimizer = make_optimizer(self.model, phase.lr_at(phase.first))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -137,8 +166,9 @@ class Trainer:
         the gradient scaler and the count of non-finite steps in a row
         (``RunCheckpoints.save``; every process calls it, rank 0 writes)."""
         loop = {"scaler": self.precision.state_dict(), "bad_steps": self.bad_steps}
+        self.board.flush()                  # the curves hold at least what the checkpoint holds
         self.checkpoints.save(self.model, self.phase, self.optimizer, self.scheduler, epoch,
-                              {**loop, **(progress or {})})
+                              {**loop, **(progress or {})}, self.ema)
 
     def resume(self, which: int) -> None:
         """Continue from ``last.pt`` (``which`` -1) or ``epoch_<which>.pt``: weights, MoCo
@@ -167,8 +197,25 @@ class Trainer:
         self.bad_steps = point.progress.get("bad_steps", 0)
         if point.iteration:
             set_rng_states(point.progress["rng"])
+        self.continue_ema(point)
         self.resumed = True
         self.log.info(f"resumed {point.path} after {point.position}")
+
+    def continue_ema(self, point: ResumePoint) -> None:
+        """The moving average saved in ``point`` (--ema_decay); a checkpoint without one starts
+        it from the resumed weights."""
+        saved = point.state.get("model_ema")
+        if self.ema is None:
+            if saved is not None:
+                self.log.info(f"{point.path} also holds a moving average of the weights; without "
+                              "--ema_decay it is not continued")
+        elif saved is None:
+            self.ema.reset(self.model)
+            self.log.info(f"{point.path} holds no moving average of the weights: --ema_decay "
+                          f"{self.ema.decay:g} starts one from its weights")
+        else:
+            load_weights(self.ema.module, averaged_weights(point.state),
+                         label=f"{point.path} (model_ema)")
 
     # ------------------------------------------------------------------ loop
     def fit(self, stop: Optional[utility.StopSignals] = None) -> Dict[str, Dict[str, float]]:
@@ -179,7 +226,13 @@ class Trainer:
         if self.group.is_main:          # a run killed after writing these redoes that work
             self.records.forget_after(self.start_epoch - 1, self.start_iteration)
             self.best_psnr = self.records.best_psnr(self.test_sets[0].name, self.best_phases)
+            redone = self.global_step(self.start_epoch, self.start_iteration + 1)  # hides later events
+            self.board = TensorBoardLog(self.run_dir / "tensorboard", enabled=self.args.use_tb_logger,
+                                        purge_step=redone if self.resumed else None)
         last = self.phases[-1].last
+        note = averaging_note(self.ema.decay, last * self.args.test_every) if self.ema else None
+        if note:
+            self.log.warning(note)
         if self.start_epoch > last:
             self.log.info(f"all {last} epochs are done; evaluating the final weights")
             return self.validation_scores()
@@ -198,6 +251,7 @@ class Trainer:
             barrier()
             if epoch < last and self.stop_requested():
                 raise self.preempted(f"after epoch {epoch}")
+        self.board.close()
         return metrics
 
     def stop_requested(self) -> bool:
@@ -227,34 +281,65 @@ class Trainer:
         skipped = (progress or {}).get("skipped", 0)
         bar = tqdm(loader, desc=f"epoch {epoch} ({self.phase.name})", leave=False, initial=start,
                    total=total, disable=None if self.group.is_main else True)
-        for it, batch in enumerate(meter.timed(bar), start + 1):
-            hr = batch["hr"].to(self.device, non_blocking=True).float()        # (b,2,3,P,P)
-            lr = self.train_set.degradation.apply(hr, batch["params"], batch.get("noise"))
-            step = training_step(self.net, lr, hr[:, 0], self.phase, self.criterion,
-                                 self.optimizer, precision=self.precision)
-            self.record_step(epoch, it, lr_now, step)
-            skipped += not step.applied
-            for key, value in step.reported.items():
-                sums[key] = sums.get(key, 0.0) + value
-            if it % self.args.print_every == 0 or it == total:
-                text = ", ".join(f"{k} {v / it:.4f}" for k, v in sums.items())
-                self.log.info(f"epoch {epoch} [{it}/{total}] {self.phase.name}: {text} | "
-                              f"lr {lr_now:g} | {meter.seconds_per_step():.2f} s/it, "
-                              f"{100 * meter.wait_share():.0f}% waiting for data"
-                              + (f" | {skipped} steps skipped" if skipped else ""))
-            if it < total and self.stop_requested():
-                self.save(epoch - 1, progress={"iteration": it, "sums": sums, "skipped": skipped,
-                                               "rng": rng_states()})
-                barrier()                       # no process exits before last.pt is written
-                raise self.preempted(f"in epoch {epoch} after iteration {it}")
+        with self.recording_codebook():
+            for it, batch in enumerate(meter.timed(bar), start + 1):
+                hr = batch["hr"].to(self.device, non_blocking=True).float()        # (b,2,3,P,P)
+                lr = self.train_set.degradation.apply(hr, batch["params"], batch.get("noise"))
+                step = training_step(self.net, lr, hr[:, 0], self.phase, self.criterion,
+                                     self.optimizer, precision=self.precision)
+                if step.applied and self.ema is not None:
+                    self.ema.update(self.model)
+                self.record_step(epoch, it, lr_now, step)
+                skipped += not step.applied
+                for key, value in step.reported.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                if it % self.args.print_every == 0 or it == total:
+                    text = ", ".join(f"{k} {v / it:.4f}" for k, v in sums.items())
+                    self.log.info(f"epoch {epoch} [{it}/{total}] {self.phase.name}: {text} | "
+                                  f"lr {lr_now:g} | {meter.seconds_per_step():.2f} s/it, "
+                                  f"{100 * meter.wait_share():.0f}% waiting for data"
+                                  + (f" | {skipped} steps skipped" if skipped else ""))
+                if it < total and self.stop_requested():
+                    self.save(epoch - 1, progress={"iteration": it, "sums": sums, "skipped": skipped,
+                                                   "rng": rng_states()})
+                    barrier()                       # no process exits before last.pt is written
+                    raise self.preempted(f"in epoch {epoch} after iteration {it}")
+        self.epoch_report(epoch, meter)
+
+    def recording_codebook(self) -> ContextManager[None]:
+        """While training: gather the CSC codebook's attention (a model without one: nothing)."""
+        return self.codebook.recording() if self.codebook is not None else nullcontext()
+
+    def epoch_report(self, epoch: int, meter: utility.StepMeter) -> None:
+        """After the iterations of ``epoch``: step time and loader wait, and the CSC codebook's
+        usage (log.txt; a collapse that lasts ``CollapseWatch.epochs`` epochs is warned about
+        once), also in TensorBoard. Every process calls it (the usage sums over processes)."""
+        step = self.global_step(epoch, self.args.test_every)
+        self.board.scalars(step, {"time/step_seconds": meter.seconds_per_step(),
+                                  "time/loader_wait_share": meter.wait_share()})
+        usage = self.codebook.epoch_usage(self.device) if self.codebook is not None else None
+        if usage is None:
+            return
+        self.log.info(f"epoch {epoch}: CSC codebook: {100 * usage['mass_share']:.0f}% of the "
+                      f"attention on {usage['rows_for_mass']} of {usage['rows']} rows, perplexity "
+                      f"{usage['perplexity']:.1f}, {usage['sample_entropy']:.2f} nats per sample "
+                      f"({usage['samples']} samples)")
+        self.board.scalars(step, {"codebook/perplexity": usage["perplexity"],
+                                  "codebook/rows_for_90pct": usage["rows_for_mass"]})
+        warning = self.collapse.observe(usage)
+        if warning:
+            self.log.warning(warning)
 
     def record_step(self, epoch: int, iteration: int, lr: float, step: StepResult) -> None:
-        """losses.csv, and the non-finite guard: a step skipped for a non-finite loss or gradient
-        is logged and counted; after ``--max_bad_steps`` consecutive ones the run stops (the last
-        checkpoint is intact). Under fp16 the scaler's skips count once its scale is down to 1
-        (``StepResult``): gradients that are never finite stop the run too."""
+        """losses.csv and TensorBoard, and the non-finite guard: a step skipped for a non-finite
+        loss or gradient is logged and counted; after ``--max_bad_steps`` consecutive ones the
+        run stops (the last checkpoint is intact). Under fp16 the scaler's skips count once its
+        scale is down to 1 (``StepResult``): gradients that are never finite stop the run too."""
         if self.group.is_main:
-            self.records.write_step(epoch, iteration, self.phase.name, lr, step.applied, step.reported)
+            self.records.write_step(epoch, iteration, self.phase.name, lr, step.applied,
+                                    step.reported, step.accuracy)
+            self.board.training_step(self.global_step(epoch, iteration), step.reported, lr,
+                                     step.accuracy)
         if step.finite:             # applied, or an fp16 step the gradient scaler skipped
             self.bad_steps = 0
             return
@@ -271,14 +356,15 @@ class Trainer:
         """Scores on the validation sets (rank 0; the other processes wait and get {})."""
         metrics = {}
         if self.group.is_main:
-            metrics = evaluate(evaluated_model(self.model, self.phase), self.test_sets, self.device,
+            metrics = evaluate(self.scored_model(self.phase), self.test_sets, self.device,
                                with_bicubic=True, **inference_policy(self.args))
         barrier()
         return metrics
 
     def validate(self, epoch: int) -> Dict[str, Dict[str, float]]:
-        """Evaluate after ``epoch``: log, psnr.csv, psnr.png, best.pt (rank 0). A non-finite
-        score stops the run before anything of this epoch is written."""
+        """Evaluate after ``epoch`` (``scored_model``): log, psnr.csv, psnr.png, losses.png,
+        TensorBoard, best.pt (rank 0). A non-finite score stops the run before anything of this
+        epoch is written."""
         metrics = self.validation_scores()
         bad = [name for name, m in metrics.items() if not math.isfinite(m["psnr"]) and m["psnr"] != math.inf]
         if any_process(bool(bad), self.device):
@@ -291,8 +377,8 @@ class Trainer:
         first = metrics[self.test_sets[0].name]["psnr"]
         if self.phase.name in self.best_phases and first > self.best_psnr:
             self.best_psnr = first
-            self.checkpoints.save_best(self.model, self.phase, epoch)
-        scored = evaluated_model(self.model, self.phase)
+            self.checkpoints.save_best(self.model, self.phase, epoch, self.ema)
+        scored = self.scored_model(self.phase)
         whose = f" {scored.name.upper()} fed the HR" if scored.needs_hr else ""
         for name, m in metrics.items():
             self.log.info(f"epoch {epoch}{whose} {name} x{self.model.scale}: PSNR {m['psnr']:.2f} dB, "
@@ -301,7 +387,22 @@ class Trainer:
                                                          if self.phase.name in self.best_phases else ""))
         self.records.write_validation(epoch, self.phase.name, metrics,
                                       f"{self.model.name.upper()} x{self.model.scale}")
+        self.records.plot_losses(f"{self.model.name.upper()} x{self.model.scale}")
+        self.board_validation(epoch, metrics)
         return metrics
+
+    def board_validation(self, epoch: int, metrics: Dict[str, Dict[str, float]]) -> None:
+        """TensorBoard: the scores, and every --tb_image_every epochs and after the last, LR | SR
+        | HR crops of the first validation images (rank 0)."""
+        if not self.board.enabled:
+            return
+        step = self.global_step(epoch, self.args.test_every)
+        self.board.validation(step, metrics)
+        every = self.args.tb_image_every
+        if every and (epoch % every == 0 or epoch == self.phases[-1].last):
+            test_set = self.test_sets[0]
+            self.board.crops(step, test_set.name, validation_crops(
+                self.scored_model(self.phase), test_set, self.device, **inference_policy(self.args)))
 
 
 @contextmanager
@@ -328,5 +429,6 @@ def training_session(trainer: Trainer) -> Iterator[utility.StopSignals]:
         with utility.StopSignals() as stop:
             yield stop
     finally:
+        trainer.board.close()
         lock.release()
         close_process_group()

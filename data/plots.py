@@ -1,7 +1,7 @@
 """Results as figures: curves over epochs or settings, and grids of image crops (matplotlib, Agg backend)."""
 import contextlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -38,6 +38,79 @@ def plot_curves(path: Union[str, Path], x: Sequence[float], curves: Dict[str, Se
             ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend()
+
+
+def smoothed(values: Sequence[float], window: int) -> np.ndarray:
+    """The trailing mean of the last ``window`` values at each position (fewer at the start);
+    NaN values (iterations without that value) are left out of the means and stay NaN."""
+    y = np.asarray(values, dtype=np.float64)
+    present = ~np.isnan(y)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(present, y, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(present)])
+    ends = np.arange(1, len(y) + 1)
+    starts = np.maximum(ends - window, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (sums[ends] - sums[starts]) / (counts[ends] - counts[starts])
+    return np.where(present, means, np.nan)
+
+
+def plot_losses(path: Union[str, Path], losses: Dict[str, Sequence[float]],
+                phases: Sequence[tuple], *, title: str = "",
+                accuracy: Optional[Sequence[float]] = None) -> None:
+    """losses.png: each loss curve over the iterations 1..n of the run (NaN where a phase has no
+    such term), smoothed over ``n // 50`` iterations, on a log axis, with a dashed line and the
+    name at the first iteration of every phase (``phases``: (iteration, name), in order; the
+    smoothing stays within a phase); with ``accuracy`` (fractions, NaN where absent) a second
+    panel below shows it in %, smoothed the same way. Saved as PNG."""
+    n = max(len(y) for y in losses.values())
+    x = np.arange(1, n + 1)
+    window = max(1, n // 50)
+    bounds = [start - 1 for start, _ in phases if start > 1] + [n]
+    points = dict(marker="o", markersize=2) if n <= 100 else {}     # a short run: each step seen
+
+    def smooth(y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+        """(x, y) smoothed within each phase, a NaN between phases (the line breaks there)."""
+        y, first, parts = np.asarray(y, dtype=np.float64), 0, []
+        for end in bounds:
+            parts.append(smoothed(y[first:end], window))
+            first = end
+        cuts = [b for b in bounds[:-1] if b < len(y)]
+        return (np.insert(x[:len(y)].astype(np.float64), cuts, np.nan),
+                np.insert(np.concatenate(parts), cuts, np.nan))
+
+    panels = 2 if accuracy is not None else 1
+    with _figure(path, panels, 1, figsize=(7, 3 + 2 * panels), sharex=True, squeeze=False) as axes:
+        top = axes[0][0]
+        for name, y in losses.items():
+            at, curve = smooth(y)
+            curve[curve <= 0] = np.nan                       # not drawable on a log axis
+            if not np.isnan(curve).all():
+                top.plot(at, curve, label=name, linewidth=1.2, **points)
+        top.set_yscale("log")
+        top.set_ylabel(f"loss (mean of {window} it.)" if window > 1 else "loss")
+        top.legend(fontsize=8)
+        if title:
+            top.set_title(title)
+        if accuracy is not None:
+            bottom = axes[1][0]
+            at, curve = smooth(accuracy)
+            bottom.plot(at, 100 * curve, color="tab:green", **points)
+            bottom.set_ylabel("contrastive top-1 (%)")
+            bottom.set_ylim(0, 100)
+        for row in axes:
+            ax = row[0]
+            ax.grid(True, alpha=0.3)
+            for start, name in phases:
+                if start > 1:
+                    ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=0.8)
+        top.set_xlim(0.5, n + 0.5)
+        for start, name in phases:
+            label = top.annotate(name, (start - 0.5, 1), xycoords=("data", "axes fraction"),
+                                 xytext=(3, -12), textcoords="offset points", fontsize=8,
+                                 color="grey", bbox=dict(facecolor="white", edgecolor="none", pad=1))
+            label.set_clip_on(True)           # inside the axes: a short phase's name is cut
+            label.set_in_layout(False)
+        axes[-1][0].set_xlabel("iteration")
 
 
 def plot_metric_by_setting(path: Union[str, Path], labels: Sequence[str],

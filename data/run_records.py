@@ -1,5 +1,6 @@
 """Results of a training run: ``psnr.csv`` (validation scores per epoch and test set), its
-figure ``psnr.png``, and ``losses.csv`` (the global batch's losses of every iteration).
+figure ``psnr.png``, ``losses.csv`` (the global batch's losses and contrastive accuracy of every
+iteration) and its figure ``losses.png``.
 
 Each CSV file is a ``CsvTable``; a resumed run first drops the rows it is about to redo
 (``RunRecords.forget_after``), so every epoch and iteration is recorded once.
@@ -9,10 +10,11 @@ import math
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Sequence, Union
 
-from data.plots import plot_curves
+from data.plots import plot_curves, plot_losses
 
 PSNR_FIELDS = ("epoch", "phase", "dataset", "psnr", "ssim", "bicubic_psnr")
-LOSS_FIELDS = ("epoch", "iteration", "phase", "lr", "applied", "total", "contrastive")
+LOSS_FIELDS = ("epoch", "iteration", "phase", "lr", "applied", "contrastive_accuracy", "total",
+               "contrastive")
 
 
 class CsvTable:
@@ -31,6 +33,10 @@ class CsvTable:
             return list(csv.DictReader(f))
 
     def write(self, rows: Sequence[Dict[str, object]], mode: str = "a") -> None:
+        """Append ``rows`` (mode "a") or replace the table with them ("w"). A table written
+        with other columns (by an earlier version) is first rewritten with these."""
+        if mode == "a" and self.path.exists() and self._header() != list(self.fields):
+            self.write(self.read(), mode="w")
         new = mode == "w" or not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -41,6 +47,10 @@ class CsvTable:
                 writer.writerows(rows)
         except OSError as error:                # a full disk's error does not name the file
             raise OSError(f"cannot write {self.path} ({error.strerror or error})") from error
+
+    def _header(self) -> List[str]:
+        with open(self.path, newline="") as f:
+            return next(csv.reader(f), [])
 
     def forget_after(self, epoch: int, iteration: int = 0) -> None:
         """Drop the rows after (``epoch``, ``iteration``): a run killed after writing them but
@@ -80,11 +90,13 @@ class RunRecords:
                     and (phases is None or r["phase"] in phases)), default=-math.inf)
 
     def write_step(self, epoch: int, iteration: int, phase: str, lr: float, applied: bool,
-                   losses: Dict[str, float]) -> None:
+                   losses: Dict[str, float], accuracy: Optional[float] = None) -> None:
         """The losses.csv row of one training step: its phase's name, learning rate, whether
-        the update was applied, and the global batch's loss components."""
+        the update was applied, the global batch's contrastive ``accuracy`` (empty without
+        one) and loss components."""
         self.loss_table.write([{"epoch": epoch, "iteration": iteration, "phase": phase,
-                                "lr": lr, "applied": int(applied), **losses}])
+                                "lr": lr, "applied": int(applied),
+                                "contrastive_accuracy": "" if accuracy is None else accuracy, **losses}])
 
     def write_validation(self, epoch: int, phase: str, metrics: Dict[str, Dict[str, float]],
                          title: str) -> None:
@@ -104,3 +116,22 @@ class RunRecords:
             curves.setdefault(row["dataset"], []).append(float(row["psnr"]))
         plot_curves(self.run_dir / "psnr.png", sorted({int(r["epoch"]) for r in rows}), curves,
                     xlabel="epoch", ylabel="PSNR (dB)", title=title)
+
+    def plot_losses(self, title: str) -> None:
+        """losses.png from losses.csv: each loss component over the iterations of the run,
+        smoothed, on a log axis, with the phases marked, and the contrastive accuracy below
+        when the run has one (``data.plots.plot_losses``)."""
+        rows = self.loss_table.read()
+        if not rows:
+            return
+        names = list(self.loss_table.fields[LOSS_FIELDS.index("total"):])
+
+        def column(name: str) -> List[float]:
+            return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
+
+        losses = {name: column(name) for name in names}
+        accuracy = column("contrastive_accuracy")
+        phases = [(i + 1, r["phase"]) for i, r in enumerate(rows)
+                  if i == 0 or r["phase"] != rows[i - 1]["phase"]]
+        plot_losses(self.run_dir / "losses.png", losses, phases, title=title,
+                    accuracy=accuracy if any(not math.isnan(a) for a in accuracy) else None)

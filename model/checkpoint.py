@@ -2,12 +2,14 @@
 
 Our format is a dict ``{'format': 'cdsr-framework/1', 'model_name', 'scale', 'model' (our
 state dict), 'optimizer', 'scheduler', 'epoch', 'phase', 'config', 'model_kwargs', 'progress',
-'teacher'}`` saved with ``torch.save`` (files written before 'model_kwargs' existed lack it:
-read it with ``.get``); everything in it must load with ``weights_only=True`` (tensors, numbers,
-strings, lists, dicts). A KDSR distillation run (``KDSRDistillation``) stores its student as the
-model and its teacher under 'teacher' = ``{'model_name', 'model_kwargs', 'model'}`` (same scale):
-``load_model`` gives the student, or the teacher when asked for it by name; a file written in
-the teacher stage holds an untrained student, which ``load_model`` refuses.
+'model_ema', 'teacher'}`` saved with ``torch.save`` (files written before 'model_kwargs' existed
+lack it: read it with ``.get``); everything in it must load with ``weights_only=True`` (tensors,
+numbers, strings, lists, dicts). 'model_ema', when not None, is the state dict of the moving
+average of the weights a run with --ema_decay kept (``model/ema.py``), which ``load_model``
+loads by default. A KDSR distillation run (``KDSRDistillation``) stores its student as the model
+and its teacher under 'teacher' = ``{'model_name', 'model_kwargs', 'model', 'model_ema'}`` (same
+scale): ``load_model`` gives the student, or the teacher when asked for it by name; a file
+written in the teacher stage holds an untrained student, which ``load_model`` refuses.
 
 ``load_weights`` and ``load_model`` also take the authors' raw state dicts (their key map and
 model inference: ``model/authors_format.py``, whose public names are re-exported here), and
@@ -38,13 +40,14 @@ from .authors_format import (authors_constants, authors_to_ours, map_authors_key
 
 __all__ = ["FORMAT", "OUR_FIELDS", "CheckpointError", "detect_format", "describe", "atomic_torch_save",
            "save_checkpoint", "read_checkpoint", "strip_wrapper_prefixes", "load_state_strict",
-           "checkpoint_identity", "model_fields", "load_weights", "load_start_weights",
+           "checkpoint_identity", "model_fields", "load_weights",
+           "load_start_weights", "has_ema", "averaged_weights", "with_weights",
            "load_model", "authors_constants", "authors_to_ours", "map_authors_key", "map_our_key",
            "ours_to_authors", "infer_authors_model"]
 
 FORMAT = "cdsr-framework/1"
 OUR_FIELDS = ("model_name", "scale", "model", "optimizer", "scheduler", "epoch", "phase", "config",
-              "model_kwargs", "progress", "teacher")
+              "model_kwargs", "progress", "model_ema", "teacher")
 TEACHER_PHASE = "teacher"             # model.training.TEACHER: its files hold an untrained student
 _REQUIRED_FIELDS = ("model_name", "scale", "model")
 _QUERY_ENCODER = "encoder.query_encoder."
@@ -157,19 +160,24 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     for field in ("config", "phase", "epoch", "model_kwargs"):
         _check_plain(record[field], field)
     if record["teacher"] is not None:
-        _check_plain({k: v for k, v in record["teacher"].items() if k != "model"}, "teacher")
+        _check_plain({k: v for k, v in record["teacher"].items() if k not in ("model", "model_ema")},
+                     "teacher")
     atomic_torch_save(record, path)
 
 
-def model_fields(model: nn.Module) -> dict[str, Any]:
-    """The fields of our format that hold ``model``: model_name, scale, model_kwargs, model and,
-    for a ``KDSRDistillation``, its student as the model and its teacher under 'teacher'."""
+def model_fields(model: nn.Module, average: Optional[nn.Module] = None) -> dict[str, Any]:
+    """The fields of our format that hold ``model``: model_name, scale, model_kwargs, model,
+    model_ema (the state dict of ``average``, the moving average of its weights: a copy of the
+    model, or None) and, for a ``KDSRDistillation``, its student as the model and its teacher
+    under 'teacher'."""
     if isinstance(model, KDSRDistillation):
         teacher = model.teacher
-        return dict(model_fields(model.student), teacher=dict(
-            model_name=teacher.name, model_kwargs=teacher.hparams, model=teacher.state_dict()))
+        return dict(model_fields(model.student, average and average.student), teacher=dict(
+            model_name=teacher.name, model_kwargs=teacher.hparams, model=teacher.state_dict(),
+            model_ema=average.teacher.state_dict() if average is not None else None))
     return dict(model_name=model.name, scale=model.scale, model_kwargs=model.hparams,
-                model=model.state_dict())
+                model=model.state_dict(),
+                model_ema=average.state_dict() if average is not None else None)
 
 
 def _teacher_part(checkpoint: dict) -> dict:
@@ -386,15 +394,44 @@ def load_start_weights(model: nn.Module, flag: str, source: Source) -> str:
             "authors' strict=False load), the encoder from its own initialisation")
 
 
+def has_ema(checkpoint: dict) -> bool:
+    """Whether a loaded checkpoint holds a moving average of its weights (``model_ema``)."""
+    return isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_ema"), dict)
+
+
+def averaged_weights(checkpoint: dict) -> dict:
+    """``checkpoint`` with the moving average of the weights in place of the trained weights
+    (``model``, and a distillation run's teacher's); ``has_ema(checkpoint)`` must hold."""
+    averaged = {**checkpoint, "model": checkpoint["model_ema"]}
+    teacher = checkpoint.get("teacher")
+    if isinstance(teacher, dict) and isinstance(teacher.get("model_ema"), dict):
+        averaged["teacher"] = {**teacher, "model": teacher["model_ema"]}
+    return averaged
+
+
+def with_weights(checkpoint: dict, ema: bool, label: str = "checkpoint") -> dict:
+    """``checkpoint`` whose weights are its moving average when ``ema`` and it holds one (said
+    in the log), else ``checkpoint`` itself (the trained weights)."""
+    if not (ema and has_ema(checkpoint)):
+        return checkpoint
+    log.info(f"{label}: using the moving average of the weights (--ema_decay), not the trained "
+             "weights (test.py --no_ema)")
+    return averaged_weights(checkpoint)
+
+
 def load_model(source: Source, device: Union[str, torch.device] = "cpu", *,
-               model_name: Optional[str] = None, scale: Optional[int] = None) -> nn.Module:
+               model_name: Optional[str] = None, scale: Optional[int] = None,
+               ema: bool = True) -> nn.Module:
     """The model a checkpoint (path, or loaded: ours or the authors') holds, with its weights,
     on ``device`` in eval mode. Its name and scale (and for our files the constructor keywords
     ``model_kwargs``, e.g. a small model's widths) come from the file; ``model_name`` and
     ``scale``, when given, must agree (CheckpointError otherwise; 'blindsr', the authors' name,
     agrees with DASR and KDSR). A distillation run's file gives its student, or its teacher
-    when ``model_name`` names that teacher."""
+    when ``model_name`` names that teacher. ``ema``: a file that holds a moving average of the
+    weights (--ema_decay) gives the average; False: the trained weights. A file without one (the
+    authors', or a run without --ema_decay) gives its weights either way."""
     checkpoint, label = _opened(source)
+    checkpoint = with_weights(checkpoint, ema, label)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("teacher"), dict):
         stored = checkpoint["model_name"]
         asked = (stored if model_name is None or names_match(model_name, stored)

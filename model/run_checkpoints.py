@@ -1,10 +1,11 @@
 """The checkpoints of a training run: ``<run>/checkpoint/last.pt``, ``best.pt``, ``epoch_<n>.pt``.
 
 Each holds the weights fields (``RunCheckpoints.weights_fields``: enough for test.py to rebuild
-the model; a KDSR distillation run's hold its student and its teacher) in ``model.checkpoint``'s
-format, written atomically. ``last.pt`` (rewritten after every epoch) and ``epoch_<n>.pt`` (with
---save_models, or by KDSR's --st_save_epoch rule, ``RunCheckpoints.keeps``) add the optimizer,
-the lr schedule and ``progress``: the training loop's state (the fp16 gradient scaler, the count of non-finite
+the model, and with --ema_decay the moving average of the weights; a KDSR distillation run's
+hold its student and its teacher) in ``model.checkpoint``'s format, written atomically.
+``last.pt`` (rewritten after every epoch) and ``epoch_<n>.pt`` (with --save_models, or by KDSR's
+--st_save_epoch rule, ``RunCheckpoints.keeps``) add the optimizer, the lr schedule and
+``progress``: the training loop's state (the fp16 gradient scaler, the count of non-finite
 steps in a row) and, for ``last.pt`` written in the middle of an epoch when a scheduler's
 signal stopped the run, the iteration and what the epoch loop needs to continue it exactly.
 ``resume`` reads one back into the model and says where the run continues (``ResumePoint``);
@@ -20,12 +21,14 @@ import torch
 from torch import nn
 
 from .checkpoint import load_weights, model_fields, read_checkpoint, save_checkpoint
+from .ema import WeightEMA
 from .moco import MoCo
 from .parallel import check_in_sync, on_rank_zero
 from .training import Phase, phase_of
 
 # Options that say how a run is carried out, not what it trains: a requeued command may change them.
-RUN_CONTROL_OPTIONS = ("resume", "auto_resume", "n_threads", "print_every", "data_cache")
+RUN_CONTROL_OPTIONS = ("resume", "auto_resume", "n_threads", "print_every", "data_cache",
+                       "use_tb_logger", "tb_image_every")
 
 
 @dataclass(frozen=True)
@@ -80,22 +83,28 @@ class RunCheckpoints:
         counted = phase.authors_epoch(epoch)
         return counted > self.keep_after or counted % phase.authors_save_period == 0
 
-    def weights_fields(self, model: nn.Module, phase: Phase, epoch: int) -> Dict[str, object]:
-        """What every checkpoint of this run holds: enough for test.py to rebuild the model."""
-        return dict(model_fields(model), epoch=epoch, phase=phase.name, config=self.config)
+    def weights_fields(self, model: nn.Module, phase: Phase, epoch: int,
+                       ema: Optional[WeightEMA] = None) -> Dict[str, object]:
+        """What every checkpoint of this run holds: enough for test.py to rebuild the model,
+        and with ``ema`` the moving average of its weights (``model_ema``)."""
+        return dict(model_fields(model, ema.module if ema is not None else None), epoch=epoch,
+                    phase=phase.name, config=self.config)
 
     def save(self, model: nn.Module, phase: Phase, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
-             progress: Optional[Dict[str, object]] = None) -> None:
+             progress: Optional[Dict[str, object]] = None, ema: Optional[WeightEMA] = None) -> None:
         """last.pt (and epoch_<epoch>.pt with ``keep_epochs``) after ``epoch`` finished epochs,
-        holding ``progress``, the training loop's state; with an ``iteration`` in it, last.pt
-        in the middle of epoch ``epoch + 1`` (``progress`` then holds what the loop needs to
-        go on). Every process calls it (it checks they still hold the same model); the main
-        process writes. Non-finite weights are never written."""
+        holding ``progress``, the training loop's state, and ``ema``'s weights; with an
+        ``iteration`` in ``progress``, last.pt in the middle of epoch ``epoch + 1``
+        (``progress`` then holds what the loop needs to go on). Every process calls it (it
+        checks they still hold the same model and average); the main process writes.
+        Non-finite weights are never written."""
         moco = getattr(model, "encoder", None)
         queue = [moco.queue, moco.queue_ptr] if isinstance(moco, MoCo) else []    # KDSR has none
-        check_in_sync([*model.parameters(), *queue], "the model's parameters or MoCo queue")
-        if not all(torch.isfinite(t).all() for t in model.state_dict().values()
+        check_in_sync([*model.parameters(), *queue, *(ema.tensors() if ema is not None else [])],
+                      "the model's parameters, MoCo queue or moving average")
+        states = [model.state_dict()] + ([ema.state_dict()] if ema is not None else [])
+        if not all(torch.isfinite(t).all() for state in states for t in state.values()
                    if t.is_floating_point()):
             raise FloatingPointError(f"the weights are no longer finite after epoch {epoch}; "
                                      f"nothing saved, {self.path('last.pt')} is the "
@@ -103,15 +112,16 @@ class RunCheckpoints:
         if not self.is_main:
             return
         progress = progress or {}
-        fields = dict(self.weights_fields(model, phase, epoch), optimizer=optimizer.state_dict(),
+        fields = dict(self.weights_fields(model, phase, epoch, ema), optimizer=optimizer.state_dict(),
                       scheduler=scheduler.state_dict(), progress=progress)
         save_checkpoint(self.path("last.pt"), **fields)
         if self.keeps(phase, epoch) and not progress.get("iteration"):
             save_checkpoint(self.path(f"epoch_{epoch}.pt"), **fields)
 
-    def save_best(self, model: nn.Module, phase: Phase, epoch: int) -> None:
-        """best.pt: the weights fields after ``epoch``."""
-        save_checkpoint(self.path("best.pt"), **self.weights_fields(model, phase, epoch))
+    def save_best(self, model: nn.Module, phase: Phase, epoch: int,
+                  ema: Optional[WeightEMA] = None) -> None:
+        """best.pt: the weights fields after ``epoch`` (with ``ema``: the average, scored)."""
+        save_checkpoint(self.path("best.pt"), **self.weights_fields(model, phase, epoch, ema))
 
     def resume(self, which: int, model: nn.Module, phases: Sequence[Phase]) -> ResumePoint:
         """Load ``last.pt`` (``which`` -1) or ``epoch_<which>.pt`` into ``model`` (weights and

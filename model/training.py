@@ -221,12 +221,23 @@ class StepResult:
     loss and gradient was ``finite``. fp16's scaler skips a step whose scaled gradients
     overflowed and halves its scale: such a step is not applied, yet finite, while the scale
     is above 1; at a scale of 1 or less the gradients overflow without any scaling, and the
-    step counts as not finite."""
+    step counts as not finite. ``accuracy``: the global batch's top-1 accuracy of the
+    contrastive task (the positive key scored highest), None for a forward without one."""
     outputs: Dict[str, torch.Tensor]
     losses: Dict[str, torch.Tensor]
     reported: Dict[str, float]
     applied: bool
     finite: bool = True
+    accuracy: Optional[float] = None
+
+
+def contrastive_accuracy(outputs: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    """0-dim float: the share of samples whose ``logits`` (B,1+K) are highest at their
+    ``labels`` (B,) (MoCo's positive, column 0); None when the outputs have no logits."""
+    if "logits" not in outputs:
+        return None
+    with torch.no_grad():
+        return (outputs["logits"].argmax(dim=1) == outputs["labels"]).float().mean()
 
 
 def gradients_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor:
@@ -281,8 +292,11 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
     finite = torch.isfinite(losses["total"].detach())
     if not precision.scales_gradients:
         finite = finite & gradients_finite(optimizer).to(finite.device)
-    # One collective per step: every process's losses and whether it saw a non-finite value.
-    local = torch.stack([*(v.detach().float() for v in losses.values()), (~finite).float()])
+    # One collective per step: every process's losses, contrastive accuracy (when the forward
+    # has one) and whether it saw a non-finite value.
+    accuracy = contrastive_accuracy(outputs)
+    extra = [] if accuracy is None else [accuracy.to(finite.device)]
+    local = torch.stack([*(v.detach().float() for v in losses.values()), *extra, (~finite).float()])
     totals = sum_over_processes(local).tolist()
     reported = {k: v / world_size() for k, v in zip(losses, totals)}
     finite = totals[-1] == 0
@@ -297,4 +311,5 @@ def training_step(net: nn.Module, lr: torch.Tensor, hr: torch.Tensor, phase: Pha
         with torch.no_grad():
             for buffer, saved in zip(statistics, before):
                 buffer.copy_(saved)
-    return StepResult(outputs, losses, reported, applied, finite)
+    return StepResult(outputs, losses, reported, applied, finite,
+                      None if accuracy is None else totals[len(losses)] / world_size())

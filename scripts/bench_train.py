@@ -2,7 +2,7 @@
 
     python scripts/bench_train.py [--models cdsr,dasr] [--precisions fp32,bf16] [--batch_size 4]
         [--patch_size 48] [--scale 4] [--iterations 5] [--warmup 1] [--threads N]
-        [--device cpu|cuda] [--eval_size 128] [--json OUT.json]
+        [--device cpu|cuda] [--eval_size 128] [--ema_decay D] [--json OUT.json]
 
 For each model (the paper recipe of its preset, x4, LR patch 48) and each precision, one joint
 training step is what the trainer does per iteration: ``TrainingDegradation.apply`` on a batch
@@ -29,6 +29,14 @@ highest total of live tensor bytes allocated through PyTorch's CPU allocator dur
 from ``torch.profiler``'s memory events (oneDNN's scratch memory included), in a separate,
 untimed step; independent of how glibc keeps or returns freed pages.
 
+With ``--ema_decay D`` every precision also runs as ``<precision>+ema``: the same step followed
+by the update of a moving average of the weights (``model.ema.WeightEMA``, what main.py
+--ema_decay does after every step), in the same rounds; the column "vs no EMA" is its step time over
+the same precision's without (on a busy machine the noise of whole steps can exceed the
+update), "EMA update ms" the median time of the update alone (timed inside the step) and
+"update / step" its share of the plain step; its resting memory includes the average's copy of
+the weights, and its losses equal the plain mode's (the average does not change training).
+
 Precisions: CPU fp32 and bf16 (``tf32`` is fp32 on a CPU); fp16 only if the CPU has native
 float16 arithmetic (its matmul rate is probed; emulated fp16 runs 20-100x slower) or when
 listed in ``--precisions``. CUDA: fp32, tf32, bf16, fp16, and the evaluation forward
@@ -54,6 +62,7 @@ import option  # noqa: E402
 from data import build_training_degradation  # noqa: E402
 from loss import build_loss  # noqa: E402
 from model import make_model  # noqa: E402
+from model.ema import WeightEMA  # noqa: E402
 from model.inference import predict  # noqa: E402
 from model.precision import PRECISIONS, Precision  # noqa: E402
 from model.training import JOINT, build_phases, make_optimizer, set_trainable, training_step  # noqa: E402
@@ -61,7 +70,7 @@ from model.training import JOINT, build_phases, make_optimizer, set_trainable, t
 from scripts.measure import (GEMM_IMPLEMENTATIONS, MiB, add_workload_flags,  # noqa: E402
                              allocator_settings, count_flops, describe_device, host_load,
                              markdown_table, matmul_call, matmul_gflops, median, peak_bytes,
-                             resting_bytes, timed)
+                             resting_bytes, tensor_bytes, timed)
 
 
 def default_precisions(device: torch.device) -> List[str]:
@@ -83,14 +92,19 @@ def default_precisions(device: torch.device) -> List[str]:
 
 # ----------------------------------------------------------------------------- the benchmark
 class Mode:
-    """One precision's copy of the model, its optimizer and its measurements."""
+    """One precision's copy of the model, its optimizer and its measurements; with
+    ``ema_decay`` also a moving average of its weights, updated after every applied step."""
 
-    def __init__(self, name: str, base: torch.nn.Module, phase, lr: float, device: torch.device):
-        self.name = name
+    def __init__(self, precision: str, base: torch.nn.Module, phase, lr: float,
+                 device: torch.device, ema_decay: float = 0.0):
+        self.name = precision + ("+ema" if ema_decay else "")
+        self.kind = precision
         self.net = copy.deepcopy(base)
         set_trainable(self.net, phase)
         self.optimizer = make_optimizer(self.net, lr)
-        self.precision = Precision(name, device)
+        self.ema = WeightEMA(self.net, ema_decay) if ema_decay else None
+        self.ema_samples: List[Dict[str, float]] = []         # the updates alone
+        self.precision = Precision(precision, device)
         self.samples: List[Dict[str, float]] = []
         self.losses: List[Dict[str, float]] = []
 
@@ -118,9 +132,10 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
     phase = next(p for p in build_phases(args) if p.name == JOINT)
     criterion = build_loss(args.loss, args.c_weight).to(device)
     degradation = build_training_degradation(args)
-    modes = [Mode(p, base, phase, phase.base_lr, device) for p in opts.precisions]
+    modes = [Mode(p, base, phase, phase.base_lr, device, decay) for p in opts.precisions
+             for decay in ((0.0, opts.ema_decay) if opts.ema_decay else (0.0,))]
     matmuls = {(kind, how): matmul_call(kind, device, implementation=how)
-               for kind in {m.name for m in modes} for how in GEMM_IMPLEMENTATIONS}
+               for kind in {m.kind for m in modes} for how in GEMM_IMPLEMENTATIONS}
     matmul_samples: Dict[tuple, List[Dict[str, float]]] = {key: [] for key in matmuls}
     rounds = opts.warmup + opts.iterations
     batches = draw_batches(args, degradation, rounds + 2, device)
@@ -133,6 +148,8 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
             lr = degradation.apply(hr, params, noise)
             result = training_step(mode.net, lr, hr[:, 0], phase, criterion, mode.optimizer,
                                    precision=mode.precision)
+            if mode.ema is not None and result.applied:
+                mode.ema_samples.append(timed(lambda: mode.ema.update(mode.net), device))
             mode.losses.append(result.reported)
         return run
 
@@ -158,9 +175,11 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
     for mode in modes:
         mode.optimizer.zero_grad(set_to_none=True)
         resting = resting_bytes(mode.net, mode.optimizer)
+        if mode.ema is not None:
+            resting += tensor_bytes(mode.ema.tensors())
         peak = peak_bytes(step(mode, batches[rounds + 1]), device)
         wall = median(mode.samples, "wall")
-        gemm = {how: matmul_gflops(median(matmul_samples[mode.name, how], "wall"))
+        gemm = {how: matmul_gflops(median(matmul_samples[mode.kind, how], "wall"))
                 for how in GEMM_IMPLEMENTATIONS}
         matmul_rate = max(gemm.values())
         rows.append({
@@ -175,10 +194,16 @@ def bench_model(name: str, opts: argparse.Namespace, device: torch.device) -> Li
             **{f"{how}_gflops": rate for how, rate in gemm.items()},
             "matmul_fraction": flops / 1e9 / wall / matmul_rate,
             "losses": mode.losses[:rounds],
+            "ema_update_ms": 1000 * median(mode.ema_samples, "wall") if mode.ema_samples else 0.0,
         })
     reference = next((r for r in rows if r["precision"] == "fp32"), rows[0])
+    plain = {r["precision"]: r for r in rows}
     for row in rows:
         row["time_vs_fp32"] = row["ms_per_step"] / reference["ms_per_step"]
+        without = plain[row["precision"].split("+")[0]]          # the same precision, no EMA
+        row["time_vs_no_ema"] = row["ms_per_step"] / without["ms_per_step"]
+        row["resting_vs_no_ema"] = row["resting_mib"] / without["resting_mib"]
+        row["update_share"] = row["ema_update_ms"] / without["ms_per_step"]
         row["memory_vs_fp32"] = row["step_peak_mib"] / reference["step_peak_mib"]
         row["loss_rel_diff"] = max_relative_difference(row["losses"], reference["losses"])
     return rows
@@ -214,6 +239,9 @@ COLUMNS = (("model", "{}"), ("precision", "{}"), ("ms/step", "{:.0f}"), ("fastes
 KEYS = ("model", "precision", "ms_per_step", "min_ms_per_step", "items_per_s", "time_vs_fp32",
         "step_peak_mib", "memory_vs_fp32", "gflop_per_step", "gflops", "matmul_gflops",
         "matmul_fraction", "loss_rel_diff")
+EMA_COLUMNS = (("vs no EMA", "{:.3f}"), ("EMA update ms", "{:.1f}"), ("update / step", "{:.2%}"),
+               ("resting MiB", "{:.0f}"), ("resting vs no EMA", "{:.2f}"))
+EMA_KEYS = ("time_vs_no_ema", "ema_update_ms", "update_share", "resting_mib", "resting_vs_no_ema")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_workload_flags(p, iterations=5, iterations_help="timed rounds (every mode once each)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--eval_size", type=int, default=128, help="CUDA: LR side of the eval forward")
+    p.add_argument("--ema_decay", type=float, default=0.0,
+                   help="also time every precision with a moving average of the weights updated "
+                        "after each step (main.py --ema_decay), as '<precision>+ema'; 0: not")
     p.add_argument("--json", default=None, help="also write the measurements to this file")
     return p
 
@@ -254,7 +285,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if device.type == "cuda":
             evals.append(bench_eval(name, opts, device))
     print(f"\nhost load before {load_before}, after {host_load()}")
-    print(markdown_table(rows, COLUMNS, KEYS))
+    columns, keys = COLUMNS, KEYS
+    if opts.ema_decay:
+        columns += EMA_COLUMNS
+        keys += EMA_KEYS
+    print(markdown_table(rows, columns, keys))
     if evals:
         print(f"\neval forward (predict, true float32), LR {opts.eval_size}x{opts.eval_size}:")
         for e in evals:

@@ -87,14 +87,14 @@ def tiny_run_args(data_root: Path, save: str, *extra: str):
     return option.parse_args(f"--dir_data {data_root} --save {save} {TINY_RUN}".split() + list(extra))
 
 
-def tiny_trainer(args, run_dir: Path, **overrides):
-    """A Trainer of ``args`` on a tiny DASR (``TINY['dasr']`` with ``overrides``; the tiny run
-    passes ``TINY_RUN_MODEL``) on the CPU, resumed when ``args.resume`` asks for it."""
+def tiny_trainer(args, run_dir: Path, name: str = "dasr", **overrides):
+    """A Trainer of ``args`` on a tiny model ``name`` (``TINY[name]`` with ``overrides``; the
+    tiny run passes ``TINY_RUN_MODEL``) on the CPU, resumed when ``args.resume`` asks for it."""
     from data import build_test_sets, build_train_set
     from loss import build_loss
     from trainer import Trainer
 
-    trainer = Trainer(args, tiny("dasr", 2, **overrides), build_loss(args.loss, args.c_weight),
+    trainer = Trainer(args, tiny(name, 2, **overrides), build_loss(args.loss, args.c_weight),
                       build_train_set(args), build_test_sets(args), torch.device("cpu"),
                       run_dir=run_dir)
     if args.resume:
@@ -141,3 +141,29 @@ def small_filesystem(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def collapsed_codebook(rows: int = 16, dim: int = 16, chosen: int = 3):
+    """A CSC codebook (``model.lpe.DegradationCodebook``) collapsed by hand: every input's
+    attention on row ``chosen`` (the keys are scaled unit vectors, the query ignores its input
+    and points at the chosen row's key). Needs ``dim >= rows``."""
+    from model.lpe import DegradationCodebook
+
+    codebook = DegradationCodebook(dim, rows)
+    with torch.no_grad():
+        codebook.entries.copy_(10 * torch.eye(rows, dim))
+        codebook.key_proj.weight.copy_(torch.eye(dim))
+        codebook.key_proj.bias.zero_()
+        codebook.query_proj.weight.zero_()
+        codebook.query_proj.bias.copy_(5 * torch.eye(dim)[chosen])
+    return codebook
+
+
+def read_events(folder: Path) -> dict:
+    """{tag: [(step, value)]} of every TensorBoard scalar in ``folder``, as TensorBoard reads
+    them (a resumed run's purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

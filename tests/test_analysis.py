@@ -11,10 +11,11 @@ import model
 from data.images import write_png
 from helpers import TINY
 from model.checkpoint import ours_to_authors, save_checkpoint
+from model.codebook_health import codebook_usage
 from scripts import analyze_embedding
 from scripts.embedding.analysis import analyse, table, write_outputs
 from scripts.embedding.grid import Kernel, default_kernels, degrade_grid, grid_degradations
-from scripts.embedding.stats import codebook_usage, pca_2d, probe_accuracy, variance_shares
+from scripts.embedding.stats import pca_2d, probe_accuracy, variance_shares
 
 
 def test_variance_shares_of_additive_effects_are_exact():

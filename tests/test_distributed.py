@@ -256,15 +256,16 @@ def launch(argv: list, cwd: Path, processes: int = 0, torchrun: tuple = ()) -> s
 
 def losses(run_dir: Path) -> list:
     with open(run_dir / "losses.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items() if k in ("total", "L1", "contrastive")}
+        return [{k: float(v) for k, v in row.items() if k in ("total", "L1", "contrastive",
+                                                               "contrastive_accuracy")}
                 for row in csv.DictReader(f)]
 
 
 def test_two_processes_reproduce_one_process_at_the_same_global_batch(data_root, tmp_path):
-    one = launch(train_argv(data_root, "one", "--sync_bn"), tmp_path)
+    one = launch(train_argv(data_root, "one", "--sync_bn", "--ema_decay", "0.5"), tmp_path)
     assert one.returncode == 0, one.stderr
-    two = launch(train_argv(data_root, "two", "--sync_bn"), tmp_path, processes=2,
-                 torchrun=("--standalone",))
+    two = launch(train_argv(data_root, "two", "--sync_bn", "--ema_decay", "0.5"), tmp_path,
+                 processes=2, torchrun=("--standalone",))
     assert two.returncode == 0, two.stderr
     runs = sorted(p.name for p in (tmp_path / "experiment").iterdir())
     assert runs == ["one", "two"]                                   # one folder per run
@@ -278,6 +279,13 @@ def test_two_processes_reproduce_one_process_at_the_same_global_batch(data_root,
     q2 = read_checkpoint(tmp_path / "experiment/two/checkpoint/last.pt")["model"]
     assert int(q1["encoder.queue_ptr"]) == int(q2["encoder.queue_ptr"]) == 5 * 4 % 16
     torch.testing.assert_close(q2["encoder.queue"], q1["encoder.queue"], atol=1e-5, rtol=0)
+    # The moving average (the same on both processes, or saving would have failed) and the
+    # contrastive accuracy of the global batch (one collective with the losses) agree too.
+    e1 = read_checkpoint(tmp_path / "experiment/one/checkpoint/last.pt")["model_ema"]
+    e2 = read_checkpoint(tmp_path / "experiment/two/checkpoint/last.pt")["model_ema"]
+    torch.testing.assert_close(e2["generator.tail_conv.weight"], e1["generator.tail_conv.weight"],
+                               atol=1e-5, rtol=0)
+    assert [a["contrastive_accuracy"] for a in expected] == [b["contrastive_accuracy"] for b in got]
 
 
 def kdsr_argv(data_root: Path, save: str) -> list:
@@ -324,6 +332,7 @@ def test_a_two_process_run_resumes_in_its_one_folder(data_root, tmp_path):
     state = read_checkpoint(tmp_path / "experiment/ddp/checkpoint/last.pt")
     assert state["epoch"] == 2 and int(state["model"]["encoder.queue_ptr"]) == 10 * 4 % 16
     assert [row["epoch"] for row in csv.DictReader(open(tmp_path / "experiment/ddp/psnr.csv"))] == ["1", "2"]
+    assert len(list((tmp_path / "experiment/ddp/tensorboard").iterdir())) == 2  # rank 0's, per launch
 
 
 def two_nodes(argv: list, folders: list) -> list:

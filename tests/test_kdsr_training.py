@@ -8,6 +8,7 @@ import csv
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import utility
 from helpers import TINY_KDSR_RUN, images, tiny, tiny_kdsr_trainer, tiny_pair, tiny_run_args
@@ -122,6 +123,39 @@ def test_a_signal_mid_epoch_resumes_exactly(data_root, tmp_path, epoch, iteratio
     assert (tmp_path / "cut/psnr.csv").read_text() == (tmp_path / "full/psnr.csv").read_text()
     a, b = (read_checkpoint(tmp_path / f"{run}/checkpoint/last.pt") for run in ("full", "cut"))
     assert same(a["model"], b["model"]) and same(a["teacher"]["model"], b["teacher"]["model"])
+
+
+def test_the_moving_average_covers_both_networks_and_resumes_exactly(data_root, tmp_path):
+    """--ema_decay on a pair: the teacher is averaged in its stage; the student's stage starts
+    the average again from the weights the student starts from (the teacher's generator, not
+    the untrained student's), so the frozen generator's average is the generator itself; a
+    signal in the first student epoch resumes both averages exactly; a file gives the averaged
+    student or teacher by default and the trained ones with ema=False."""
+    ema = ("--ema_decay", "0.5", "--save_models")
+    full = tiny_kdsr_trainer(make_args(data_root, "full", *ema, "--tb_image_every", "1"),
+                             tmp_path / "full")
+    full.fit()
+    events = EventAccumulator(str(tmp_path / "full/tensorboard"))
+    events.Reload()                            # the teacher's crops too (it is fed the HR)
+    assert [c.step for c in events.Images("crops/Set5/img_000")] == [2, 4, 6]
+    assert {"loss/kd", "loss/L1", "val/Set5/psnr"} <= set(events.Tags()["scalars"])
+    first, second = (read_checkpoint(tmp_path / f"full/checkpoint/epoch_{e}.pt") for e in (1, 2))
+    assert not same(first["teacher"]["model_ema"], first["teacher"]["model"])
+    assert same(second["teacher"]["model_ema"], second["teacher"]["model"])
+    assert same(part(second["model_ema"], "generator."), part(second["model"], "generator."))
+    assert not same(part(second["model_ema"], "encoder.feature_mlp."),
+                    part(second["model"], "encoder.feature_mlp."))
+    cut = tiny_kdsr_trainer(make_args(data_root, "cut", *ema), tmp_path / "cut")
+    with pytest.raises(utility.Preempted):
+        cut.fit(SignalAfter(cut, 2, 1))
+    tiny_kdsr_trainer(make_args(data_root, "cut", "--resume", *ema), tmp_path / "cut").fit()
+    a, b = (read_checkpoint(tmp_path / f"{run}/checkpoint/last.pt") for run in ("full", "cut"))
+    assert same(a["model_ema"], b["model_ema"])
+    assert same(a["teacher"]["model_ema"], b["teacher"]["model_ema"])
+    last = tmp_path / "full/checkpoint/last.pt"
+    assert same(load_model(last).state_dict(), a["model_ema"])
+    assert same(load_model(last, ema=False).state_dict(), a["model"])
+    assert same(load_model(last, model_name="kdsr-t-m").state_dict(), a["teacher"]["model_ema"])
 
 
 def test_non_finite_steps_are_skipped_and_stop_the_run(data_root, tmp_path):

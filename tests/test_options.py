@@ -63,6 +63,8 @@ def test_explicit_flags_beat_the_preset():
     (["--scale", "5"], "invalid choice"),
     (["--data_test=Set14"], "--data_test Set14: say where its images are with --test_path"),
     (["--sync_bn", "--n_GPUs", "2"], "--sync_bn synchronises BatchNorm over torchrun's processes"),
+    (["--tb_image_every", "-1"], "--tb_image_every must be >= 0"),
+    (["--use_tb_logger", "maybe"], "expected true or false"),
 ])
 def test_nonsense_values_exit_with_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -196,3 +198,10 @@ def test_sv_mode_accepts_only_what_is_implemented(capsys):
     with pytest.raises(SystemExit):
         option.parse_args(["--sv_mode", "1"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_test_only_drops_a_training_switch_with_or_without_its_value():
+    kept, dropped = option.test_command(["--pre_train", "x.pt", "--use_tb_logger", "false", "--cpu",
+                                         "--epochs_sr", "3", "--use_tb_logger", "--save", "a"])
+    assert kept == ["--pre_train", "x.pt", "--cpu", "--save", "a"]
+    assert dropped == ["--use_tb_logger", "--epochs_sr", "--use_tb_logger"]

@@ -15,7 +15,8 @@ import torch
 
 import trainer as trainer_module
 import utility
-from helpers import TINY_RUN_MODEL as TINY_DASR, images, small_filesystem, tiny, tiny_run_args, tiny_trainer
+from helpers import (TINY_RUN_MODEL as TINY_DASR, images, read_events, small_filesystem, tiny,
+                     tiny_run_args, tiny_trainer)
 from loss import build_loss
 from model.checkpoint import read_checkpoint
 from model.parallel import restarted_by_torchrun
@@ -66,6 +67,30 @@ def test_a_signal_mid_epoch_checkpoints_and_the_resumed_run_is_exact(data_root, 
     a = read_checkpoint(tmp_path / "full/checkpoint/last.pt")["model"]
     b = read_checkpoint(tmp_path / "cut/checkpoint/last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_moving_average_and_the_curves_resume_exactly_after_a_mid_epoch_stop(data_root, tmp_path):
+    full = trainer_for(make_args(data_root, "full", "--ema_decay", "0.8"), tmp_path / "full")
+    full.fit()
+    stopped = trainer_for(make_args(data_root, "cut", "--ema_decay", "0.8"), tmp_path / "cut")
+    with pytest.raises(utility.Preempted):
+        stopped.fit(SignalAfter(stopped, 2, 3))
+    assert read_checkpoint(tmp_path / "cut/checkpoint/last.pt")["model_ema"] is not None
+    # The killed run's last steps reach the event file after the checkpoint: the resumed run redoes them.
+    stopped.board.training_step(8, {"total": 99.0}, 1e-3, None)
+    stopped.board.validation(8, {"Set5": {"psnr": 99.0}})
+    stopped.board.close()
+    resumed = trainer_for(make_args(data_root, "cut", "--ema_decay", "0.8", "--resume"), tmp_path / "cut")
+    resumed.fit()
+    a = read_checkpoint(tmp_path / "full/checkpoint/last.pt")["model_ema"]
+    b = read_checkpoint(tmp_path / "cut/checkpoint/last.pt")["model_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, cut = read_events(tmp_path / "full/tensorboard"), read_events(tmp_path / "cut/tensorboard")
+    assert whole.keys() == cut.keys()
+    for tag in whole:                   # each step once; the same values but for the timings
+        assert [s for s, _ in cut[tag]] == [s for s, _ in whole[tag]], tag
+        if not tag.startswith("time/"):
+            assert [v for _, v in cut[tag]] == [v for _, v in whole[tag]], tag
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(data_root, tmp_path, monkeypatch):
@@ -365,6 +390,13 @@ def test_kill_9_then_the_same_command_with_auto_resume_goes_on_exactly(data_root
     assert "resumed experiment/cut/checkpoint/last.pt after epoch 1" in again.stderr
     assert "taking over the lock of a dead run" in again.stderr
     assert losses.read_text() == (tmp_path / "experiment/whole/losses.csv").read_text()
+    whole = read_events(tmp_path / "experiment/whole/tensorboard")
+    cut = read_events(tmp_path / "experiment/cut/tensorboard")   # the same curves, each step once
+    assert whole.keys() == cut.keys() and [s for s, _ in cut["loss/total"]] == list(range(1, 17))
+    for tag in whole:
+        assert [s for s, _ in cut[tag]] == [s for s, _ in whole[tag]], tag
+        if not tag.startswith("time/"):
+            assert [v for _, v in cut[tag]] == [v for _, v in whole[tag]], tag
 
 
 def test_a_disk_that_fills_at_the_first_checkpoint_ends_with_one_error_line(data_root, tmp_path):

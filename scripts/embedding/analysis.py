@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 
 import utility
+from model.codebook_health import codebook_usage
 
 from .grid import GridDegradation, degrade_grid, embed_grid
 from .plots import plot_codebook_usage, scatter_2d
-from .stats import codebook_usage, pca_2d, probe_accuracy, variance_shares
+from .stats import pca_2d, probe_accuracy, variance_shares
 
 Embed = Callable[[Tensor], Tensor]
 

@@ -1,10 +1,10 @@
-"""What an embedding grid says: variance decomposition, linear probes, codebook usage, PCA.
+"""What an embedding grid says: variance decomposition, linear probes, PCA (codebook usage:
+``model.codebook_health``, which training also reports).
 
 Everything takes float tensors on the CPU and returns plain Python numbers (JSON-ready). The grid
 is balanced: every image is seen under every degradation, ``embeddings`` (I, G, E) for I images,
 G degradations and E embedding dimensions.
 """
-import math
 from typing import Dict, List, Optional
 
 import torch
@@ -102,31 +102,6 @@ def probe_accuracy(features: Tensor, labels: Tensor, groups: Tensor, *, n_folds:
     chance = float(torch.bincount(labels).max()) / len(labels)
     return {"accuracy": float(correct.double().mean()), "chance": chance,
             "per_fold": per_fold, "folds": len(per_fold)}
-
-
-def codebook_usage(attention: Tensor, mass_share: float = 0.9) -> Dict[str, object]:
-    """How the samples spread their codebook attention.
-
-    attention (N,K): each row a softmax over the K codebook rows. ``mass`` (K,) is the mean
-    attention per codebook row (sums to 1); ``entropy`` its entropy in nats (``max_entropy`` =
-    log K, ``perplexity`` = exp(entropy), the effective number of rows used); ``rows_for_mass``
-    the fewest rows whose mass reaches ``mass_share``; ``sample_entropy`` the mean entropy of
-    one sample's attention (low: each sample picks few rows; high: each mixes many).
-    """
-    a = attention.double()
-    mass = a.mean(dim=0)
-    mass = mass / mass.sum()
-
-    def entropy(p: Tensor) -> Tensor:
-        return -(p * torch.log(p.clamp_min(1e-300))).sum(dim=-1)
-
-    ordered = torch.sort(mass, descending=True).values
-    reached = torch.cumsum(ordered, 0) >= mass_share - 1e-12
-    rows = int(torch.nonzero(reached)[0]) + 1
-    value = float(entropy(mass))
-    return {"rows": a.shape[1], "entropy": value, "max_entropy": math.log(a.shape[1]),
-            "perplexity": math.exp(value), "mass_share": mass_share, "rows_for_mass": rows,
-            "sample_entropy": float(entropy(a).mean()), "mass": mass.tolist()}
 
 
 def pca_2d(features: Tensor) -> tuple[Tensor, List[Optional[float]]]:
