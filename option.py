@@ -178,12 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeze_epoch", type=int, default=5,
                    help="CDSR/DASR: first epoch with a frozen encoder (L1 only); beyond the last "
                         "epoch: never")
-    g.add_argument("--lr_encoder", type=float, default=1e-3, help="pre-training learning rate")
-    g.add_argument("--lr_decay_encoder", type=int, default=60, help="pre-training lr step (epochs)")
-    g.add_argument("--gamma_encoder", type=float, default=0.1, help="pre-training lr decay factor")
-    g.add_argument("--lr_sr", type=float, default=5e-4, help="joint/freeze learning rate")
-    g.add_argument("--lr_decay_sr", type=int, default=2, help="joint/freeze lr step (epochs)")
-    g.add_argument("--gamma_sr", type=float, default=0.5, help="joint/freeze lr decay factor")
+    _add_lr_schedule_flags(g, "encoder", "pre-training", lr=1e-3, step=60, gamma=0.1)
+    _add_lr_schedule_flags(g, "sr", "joint/freeze", lr=5e-4, step=2, gamma=0.5)
     g.add_argument("--loss", default="1*L1", help="reconstruction loss, e.g. '1*L1' or '1*L1+0.5*MSE'")
     g.add_argument("--c_weight", type=float, default=1.0, help="weight of the contrastive loss")
     g.add_argument("--test_every", type=int, default=50, help="iterations per epoch")
@@ -222,14 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_lr_schedule_flags(g, stage: str, what: str, lr: float, step: int, gamma: float) -> None:
+    """--lr_STAGE, --lr_decay_STAGE, --gamma_STAGE: the learning rate of a stage's phases,
+    multiplied by gamma every step epochs (the authors' step schedule)."""
+    g.add_argument(f"--lr_{stage}", type=float, default=lr, help=f"{what} learning rate")
+    g.add_argument(f"--lr_decay_{stage}", type=int, default=step, help=f"{what} lr step (epochs)")
+    g.add_argument(f"--gamma_{stage}", type=float, default=gamma, help=f"{what} lr decay factor")
+
+
 def _add_kdsr_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("KDSR (knowledge distillation; README, 'KDSR')")
     g.add_argument("--epochs_teacher", type=int, default=2,
                    help="teacher epochs (L1; the authors' stage 3): the whole run of --model "
                         "KDSR-T-*, the first stage of KDSR-S-*; none with --pre_train_TA")
-    g.add_argument("--lr_teacher", type=float, default=5e-4, help="teacher learning rate")
-    g.add_argument("--lr_decay_teacher", type=int, default=2, help="teacher lr step (epochs)")
-    g.add_argument("--gamma_teacher", type=float, default=0.5, help="teacher lr decay factor")
+    _add_lr_schedule_flags(g, "teacher", "teacher", lr=5e-4, step=2, gamma=0.5)
     g.add_argument("--temperature", type=float, default=0.15,
                    help="softmax temperature of the distillation loss (KL between the teacher's "
                         "and the student's degradation features)")
