@@ -408,7 +408,7 @@ class Trainer:
 def loss_text(value: float) -> str:
     """A loss for the log: 4 decimals, or 3 significant digits below 0.001 (KDSR's distillation
     term falls to ~1e-5, which 4 decimals would print as 0.0000)."""
-    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"
 
 
 @contextmanager

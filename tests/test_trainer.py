@@ -6,6 +6,7 @@ import torch
 from model.checkpoint import read_checkpoint
 from helpers import TINY_RUN_MODEL as TINY_DASR, tiny, tiny_run_args, tiny_trainer
 from model.training import build_phases
+from trainer import loss_text
 
 
 def make_args(data_root, save, *extra):
@@ -89,3 +90,9 @@ def test_n_gpus_is_checked_against_the_visible_devices(data_root, tmp_path, monk
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="--n_GPUs 2 but only 1 CUDA device"):
         trainer.parallel_devices(2, torch.device("cuda"))
+
+
+def test_small_losses_keep_their_digits_in_the_log():
+    """KDSR's distillation term falls to ~1e-5: the log must not print it as 0.0000."""
+    assert [loss_text(v) for v in (60.29501, 0.0917, 1.58e-05, 0.0)] == ["60.2950", "0.0917",
+                                                                         "1.58e-05", "0.0000"]
