@@ -163,14 +163,22 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
     return tensor.byte().permute(1, 2, 0).cpu().numpy()
 
 
+def centre_box(height: int, width: int, size: Optional[int]) -> Tuple[int, int, int, int]:
+    """(top, left, rows, cols) of the centred ``size`` x ``size`` window of a ``height`` x
+    ``width`` image, each side clipped to the image; the whole image when ``size`` is None or 0."""
+    if not size:
+        return 0, 0, height, width
+    rows, cols = min(size, height), min(size, width)
+    return (height - rows) // 2, (width - cols) // 2, rows, cols
+
+
 def centre_crop(image: Union[np.ndarray, torch.Tensor], size: Optional[int]):
-    """The centred ``size`` x ``size`` window of an image, each side clipped to the image: an
-    (H, W, C) array (channels last, as ``read_image`` gives) or a (..., H, W) tensor (channels
-    first); the image itself when ``size`` is None or 0."""
+    """The centred ``size`` x ``size`` window of an image (``centre_box``): an (H, W, C) array
+    (channels last, as ``read_image`` gives) or a (..., H, W) tensor (channels first); the
+    image itself when ``size`` is None or 0."""
     if not size:
         return image
     channels_last = isinstance(image, np.ndarray)
-    h, w = image.shape[:2] if channels_last else image.shape[-2:]
-    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    rows, cols = slice(top, top + size), slice(left, left + size)
+    top, left, h, w = centre_box(*(image.shape[:2] if channels_last else image.shape[-2:]), size)
+    rows, cols = slice(top, top + h), slice(left, left + w)
     return image[rows, cols] if channels_last else image[..., rows, cols]

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence,
 import torch
 from torch import nn
 
-from data.images import centre_crop
+from data.images import centre_box
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -131,13 +131,12 @@ def full_float32() -> Iterator[None]:
 
 def centre_crops(lr: torch.Tensor, hr: Optional[torch.Tensor], size: Optional[int],
                  scale: int) -> Tuple[torch.Tensor, ...]:
-    """The centred ``size`` LR crop (``centre_crop``) and, when ``hr`` is given, the HR window
+    """The centred ``size`` LR crop (``centre_box``) and, when ``hr`` is given, the HR window
     it was made from (``scale`` x its box)."""
-    crop = centre_crop(lr, size)
+    top, left, h, w = centre_box(*lr.shape[-2:], size)
+    crop = lr[..., top:top + h, left:left + w]
     if hr is None:
         return (crop,)
-    top, left = (max((n - size) // 2, 0) if size else 0 for n in lr.shape[-2:])
-    h, w = crop.shape[-2:]
     return crop, hr[..., top * scale:(top + h) * scale, left * scale:(left + w) * scale]
 
 

@@ -1,16 +1,14 @@
 """Crops of validation images to look at while a run trains (TensorBoard's crops/ images)."""
-from typing import List, Tuple
+from typing import List
 
-import numpy as np
 import torch
 from torch import nn
 
 from data.eval_set import EvalSet
-from data.images import to_image, to_tensor
+from data.images import centre_box, to_image, to_tensor
+from data.tensorboard_log import Crop
 
 from .inference import predict
-
-Crop = Tuple[str, np.ndarray, np.ndarray, np.ndarray]
 
 
 def validation_crops(model: nn.Module, test_set: EvalSet, device: torch.device, *, count: int = 3,
@@ -28,11 +26,10 @@ def validation_crops(model: nn.Module, test_set: EvalSet, device: torch.device, 
         name, lr, hr = test_set.pair(index)
         fed_hr = to_tensor(hr)[None].to(device) if needs_hr else None
         sr = to_image(predict(model, to_tensor(lr)[None].to(device), hr=fed_hr, **policy))
-        size = min(lr_size, *lr.shape[:2])
-        top, left = (lr.shape[0] - size) // 2, (lr.shape[1] - size) // 2
+        top, left, h, w = centre_box(*lr.shape[:2], min(lr_size, *lr.shape[:2]))
         s = model.scale
-        crops.append((name, lr[top:top + size, left:left + size],
-                      sr[s * top:s * (top + size), s * left:s * (left + size)],
-                      hr[s * top:s * (top + size), s * left:s * (left + size)]))
+        crops.append((name, lr[top:top + h, left:left + w],
+                      sr[s * top:s * (top + h), s * left:s * (left + w)],
+                      hr[s * top:s * (top + h), s * left:s * (left + w)]))
     model.train(was_training)
     return crops
