@@ -425,18 +425,24 @@ def kdsr_size_of_widths(args: argparse.Namespace) -> Optional[str]:
     """The KDSR size ('m' or 'l') that --n_feats/--n_blocks/--n_resblocks select (None when
     none is given); ValueError when they fit no published size."""
     from model.kdsr import SIZES
-    given = {k: getattr(args, k) for k in KDSR_WIDTHS if getattr(args, k, None) is not None}
+    given = given_widths(args)
     if not given:
         return None
     fits = [size for size, widths in SIZES.items() if all(getattr(widths, k) == v for k, v in given.items())]
     if not fits:
         published = "; ".join(f"{size.upper()}: " + " ".join(f"--{k} {getattr(w, k)}" for k in KDSR_WIDTHS)
                               for size, w in SIZES.items())
-        raise ValueError(f"{_widths_text(given)} is not a published KDSR size ({published})")
+        raise ValueError(f"{widths_text(given)} is not a published KDSR size ({published})")
     return fits[0]
 
 
-def _widths_text(given: Dict[str, int]) -> str:
+def given_widths(args: argparse.Namespace) -> Dict[str, int]:
+    """The KDSR widths (--n_feats, --n_blocks, --n_resblocks) the command sets."""
+    return {k: getattr(args, k) for k in KDSR_WIDTHS if getattr(args, k, None) is not None}
+
+
+def widths_text(given: Dict[str, int]) -> str:
+    """The widths as the flags that set them, e.g. '--n_feats 128 --n_blocks 28'."""
     return " ".join(f"--{k} {v}" for k, v in given.items())
 
 
@@ -540,19 +546,19 @@ def _validate_kdsr(args: argparse.Namespace) -> None:
     from model.kdsr import kdsr_name, kdsr_role_and_size
     name = _model_name(args)
     kdsr = kdsr_role_and_size(name)
-    widths = {k: getattr(args, k) for k in KDSR_WIDTHS if getattr(args, k) is not None}
+    widths = given_widths(args)
     if kdsr is None:
         for flag in ("pre_train_TA", "pre_train_ST", "st_save_epoch"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag} is KDSR's; --model {args.model} is not a KDSR model")
         if widths:
-            raise ValueError(f"{_widths_text(widths)} select a KDSR size; --model {args.model} "
+            raise ValueError(f"{widths_text(widths)} select a KDSR size; --model {args.model} "
                              "is not a KDSR model")
         return
     role, size = kdsr
     selected = kdsr_size_of_widths(args)
     if selected not in (None, size):
-        raise ValueError(f"the widths {_widths_text(widths)} are KDSR's {selected.upper()} size, but --model "
+        raise ValueError(f"the widths {widths_text(widths)} are KDSR's {selected.upper()} size, but --model "
                          f"{args.model} is its {size.upper()} size: use --model "
                          f"{kdsr_name(role, selected).upper()}")
     if args.st_save_epoch is not None and args.st_save_epoch < 0:
@@ -576,8 +582,8 @@ def _validate_kdsr(args: argparse.Namespace) -> None:
     if n_encoder and args.kd_weight == 0:
         raise ValueError(f"--kd_weight 0 leaves the {n_encoder} distillation-encoder epochs "
                          "(--epochs_encoder) nothing to train: pass --epochs_encoder 0")
-    n_teacher = 0 if args.pre_train_TA or args.pre_train else args.epochs_teacher
-    if n_teacher + n_encoder + args.epochs_sr == 0:
+    from model.training import kdsr_phases
+    if not kdsr_phases(args, student=True):
         raise ValueError("nothing to train: no teacher stage (a teacher was given), "
                          "--epochs_encoder and --epochs_sr 0")
 

@@ -102,12 +102,11 @@ def score(model, args, device, checkpoint: Path, results_folder: Path) -> None:
 def check_widths(model, args, checkpoint: Path) -> None:
     """--n_feats/--n_blocks/--n_resblocks (KDSR's test scripts pass them) against the model the
     checkpoint holds (ValueError when they differ)."""
-    given = {k: getattr(args, k) for k in option.KDSR_WIDTHS if getattr(args, k) is not None}
+    given = option.given_widths(args)
     held = {k: model.hparams.get(k) for k in given}
     if held != given:
-        text = lambda widths: " ".join(f"--{k} {v}" for k, v in widths.items())  # noqa: E731
-        raise ValueError(f"{checkpoint} holds {model.name.upper()} ({text(held)}), not "
-                         f"{text(given)} as requested")
+        raise ValueError(f"{checkpoint} holds {model.name.upper()} ({option.widths_text(held)}), "
+                         f"not {option.widths_text(given)} as requested")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
